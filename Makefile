@@ -1,0 +1,41 @@
+# Two entry points on a fresh machine: `make demo` and `make test`.
+# Both go through `make install`, which creates .venv and installs NeuroGraph.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_SUFFIX ?= +cpu
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# Without CUDA take the CPU build of torch, never the multi-GB CUDA wheels:
+	# a local CPU wheel (PIP_FIND_LINKS) or TORCH_INDEX_URL, e.g. PyTorch's CPU index.
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(PIP) install --quiet "torch==$(TORCH_VERSION)"; \
+	else \
+	  $(PIP) install --quiet "torch==$(TORCH_VERSION)$(TORCH_CPU_SUFFIX)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)); \
+	fi
+	DS_BUILD_OPS=0 $(PIP) install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/neurograph demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: install
+	$(PY) bench/inn.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,121 @@
+"""Integrator-neuron iterations (INL): the hot per-token, per-channel update.
+
+One iteration, given the controller's raw output `raw` [N, 4, D] (already modulated per
+layer) and the state (z, v) [N, D] around the equilibrium mu [D]:
+
+    alpha = sigmoid(raw[:, 0])   in (0, 1)     damping
+    beta  = softplus(raw[:, 1])  > 0           restoring force
+    gate  = sigmoid(raw[:, 2])   in (0, 1)     output gate
+    v_target = raw[:, 3]                       target velocity
+    error = z - mu
+    v = alpha * v + (1 - alpha) * v_target - beta * error   (+ excitation, training only)
+    z = z + dt * gate * v
+
+`integrator_step` is the single dispatch the models call. Backends:
+- "reference": plain PyTorch, written with fused primitives (lerp, addcmul) — default.
+- "compiled": the same function through `torch.compile` (opt-in; measured in bench/inl.py,
+  it only pays off for large token counts, so it is not the default).
+
+Analysis helpers for the linear (frozen-parameter) dynamics live here too: with constant
+alpha, beta, gate, v_target = 0 and p = dt * gate * beta, the error e = z - mu and the
+scaled velocity w = dt * gate * v evolve as [e, w]' = M [e, w] with
+M = [[1 - p, alpha], [-p, alpha]], trace 1 + alpha - p, determinant alpha.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+# Controller output biases giving alpha ~ 0.8, beta ~ 0.5, gate ~ 0.5, v_target ~ 0.
+ALPHA_INIT, BETA_INIT, GATE_INIT = 0.8, 0.5, 0.5
+
+
+def inverse_sigmoid(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def inverse_softplus(y: float) -> float:
+    return math.log(math.expm1(y))
+
+
+INIT_RAW_BIAS = (inverse_sigmoid(ALPHA_INIT), inverse_softplus(BETA_INIT), inverse_sigmoid(GATE_INIT), 0.0)
+
+
+def controller_activations(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """raw [..., 4, D] -> (alpha, beta, gate, v_target), each [..., D], in their ranges."""
+    return torch.sigmoid(raw[..., 0, :]), F.softplus(raw[..., 1, :]), torch.sigmoid(raw[..., 2, :]), raw[..., 3, :]
+
+
+def integrator_dynamics(z: torch.Tensor, v: torch.Tensor, mu: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+                        gate: torch.Tensor, v_target: torch.Tensor, dt: float,
+                        excitation: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The card's update with explicit coefficients (any broadcastable shapes)."""
+    v_new = alpha * v + (1 - alpha) * v_target - beta * (z - mu)
+    if excitation is not None:
+        v_new = v_new + excitation
+    return z + dt * gate * v_new, v_new
+
+
+def integrator_step_reference(z: torch.Tensor, v: Optional[torch.Tensor], mu: torch.Tensor, raw: torch.Tensor, dt: float,
+                              excitation: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One iteration from raw controller output. z [N, D]; v [N, D] or None for v = 0; mu [D];
+    raw [N, 4, D]; excitation [N, D] or None. Returns (z_new, v_new)."""
+    alpha, beta, gate, v_target = controller_activations(raw)
+    # alpha*v + (1-alpha)*v_target == lerp(v_target, v, alpha)
+    v_new = v_target - alpha * v_target if v is None else torch.lerp(v_target, v, alpha)
+    v_new = torch.addcmul(v_new, beta, z - mu, value=-1.0)
+    if excitation is not None:
+        v_new = v_new + excitation
+    z_new = torch.addcmul(z, gate, v_new, value=dt)
+    return z_new, v_new
+
+
+_BACKEND = "reference"
+_COMPILED: Optional[Callable] = None
+
+
+def set_backend(name: str) -> None:
+    """Select the implementation behind `integrator_step`: "reference" or "compiled"."""
+    global _BACKEND
+    if name not in ("reference", "compiled"):
+        raise ValueError(f"unknown integrator backend {name!r}")
+    _BACKEND = name
+
+
+def get_backend() -> str:
+    return _BACKEND
+
+
+def integrator_step(z: torch.Tensor, v: Optional[torch.Tensor], mu: torch.Tensor, raw: torch.Tensor, dt: float,
+                    excitation: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch used by the models (see module docstring)."""
+    if _BACKEND == "compiled":
+        global _COMPILED
+        if _COMPILED is None:
+            _COMPILED = torch.compile(integrator_step_reference, dynamic=True)
+        return _COMPILED(z, v, mu, raw, dt, excitation)
+    return integrator_step_reference(z, v, mu, raw, dt, excitation)
+
+
+# ---------------------------------------------------------------- linear-dynamics analysis
+def linear_dynamics_matrix(alpha: float, p: float) -> torch.Tensor:
+    """M with [e, w]_{k+1} = M [e, w]_k, e = z - mu, w = dt*gate*v (constant coefficients, v_target = 0)."""
+    return torch.tensor([[1.0 - p, alpha], [-p, alpha]], dtype=torch.float64)
+
+
+def spectral_radius(alpha: float, p: float) -> float:
+    """Closed form of rho(M): roots of l^2 - (1 + alpha - p) l + alpha = 0."""
+    tr, det = 1.0 + alpha - p, alpha
+    disc = tr * tr - 4.0 * det
+    if disc < 0:  # complex pair, |l|^2 = det
+        return math.sqrt(det)
+    s = math.sqrt(disc)
+    return max(abs((tr + s) / 2.0), abs((tr - s) / 2.0))
+
+
+def is_stable(alpha: float, p: float) -> bool:
+    """Jury's criterion for the 2x2 system; for 0 <= alpha < 1 it reduces to the card's 0 < p < 2(1 + alpha)."""
+    return abs(alpha) < 1.0 and p > 0.0 and p < 2.0 * (1.0 + alpha)

@@ -1,0 +1,1 @@
+"""The `neurograph` CLI, the run configuration and the launchers (local processes, Ray)."""

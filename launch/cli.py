@@ -1,0 +1,168 @@
+"""The `neurograph` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+from .config import ConfigError, apply_overrides, load_config, read_yaml, resolved, save_config
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def cmd_train(args) -> int:
+    cfg = resolved(load_config(args.config, args.overrides))
+    run_dir = Path(cfg.trainer.run_dir)
+    from trainer.checkpoint import CheckpointManager
+
+    published = CheckpointManager(run_dir / "checkpoints").published()
+    if args.resume is None and published:
+        raise ConfigError(f"trainer.run_dir {run_dir} already holds checkpoints ({published[-1]}); "
+                          "continue it with --resume, or choose another trainer.run_dir")
+    if args.resume is not None and not published:
+        raise ConfigError(f"--resume: no published checkpoint under {run_dir / 'checkpoints'}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "config.yaml"
+    save_config(cfg, config_file)
+    if cfg.launcher.kind == "ray":
+        raise ConfigError("launcher.kind=ray: the Ray launcher is not part of this release; use launcher.kind=local")
+    from .local import launch_local
+
+    return launch_local(cfg, config_file, args.resume)
+
+
+def model_section(args) -> dict:
+    """The `model` section of a config file (+ overrides), vocabulary filled from the data if unset."""
+    raw = apply_overrides(read_yaml(args.config), args.overrides)
+    if "model" not in raw:
+        raise ConfigError(f"{args.config} has no `model` section")
+    section = dict(raw["model"])
+    if section.get("vocab_size") is None:
+        from data_pipeline import load_manifest
+
+        path = raw.get("data", {}).get("path")
+        try:
+            section["vocab_size"] = load_manifest(path)["tokenizer"]["vocab_size"]
+        except (TypeError, FileNotFoundError, ValueError):
+            raise ConfigError("model.vocab_size is unset and data.path holds no prepared data to take it from")
+    return section
+
+
+def parameter_breakdown(model) -> "OrderedDict[str, int]":
+    """Parameters per component; layers of a stack are summed (`blocks.*.attn`)."""
+    out: "OrderedDict[str, int]" = OrderedDict()
+    for name, p in model.named_parameters():  # shared (tied) parameters are listed once
+        parts = re.sub(r"\.\d+(?=\.|$)", ".*", name).split(".")
+        key = ".".join(parts[:3]) if len(parts) > 3 and parts[1] == "*" else parts[0]
+        out[key] = out.get(key, 0) + p.numel()
+    return out
+
+
+def cmd_model_summary(args) -> int:
+    import torch
+    from pydantic import ValidationError
+
+    from model import build_model, parse_model_config
+
+    from .config import format_validation_error
+
+    try:
+        mcfg = parse_model_config(model_section(args))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err).replace("  ", "  model.", 1)) from None
+    with torch.device("meta"):
+        model = build_model(mcfg)
+    parts = parameter_breakdown(model)
+    total = sum(parts.values())
+    if args.json:
+        print(json.dumps({"arch": mcfg.arch, "total": total, "components": parts}, indent=2))
+        return 0
+    width = max(len(k) for k in parts) + 2
+    print(f"{mcfg.arch} model, parameters per component")
+    for name, n in parts.items():
+        print(f"  {name:<{width}}{n:>15,}  {100 * n / total:5.1f}%")
+    print(f"  {'total':<{width}}{total:>15,}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from data_pipeline import DEMO_CORPUS, prepare_corpus
+
+    root = Path(args.run_root)
+    data_dir = root / "data"
+    if not (data_dir / "manifest.json").exists():
+        print(f"preparing the demo corpus (Shakespeare, characters) into {data_dir}")
+        prepare_corpus([str(DEMO_CORPUS)], data_dir, tokenizer="char", seq_len=128, val_fraction=0.02,
+                       samples_per_shard=128)
+    run_dir = root / "run"
+    overrides = [f"data.path={data_dir}", f"trainer.run_dir={run_dir}", *args.overrides]
+    cfg = resolved(load_config(REPO_CONFIGS / "demo.yaml", overrides))
+    from trainer.checkpoint import CheckpointManager
+
+    resume = "latest" if CheckpointManager(run_dir / "checkpoints").published() else None
+    if resume:
+        print(f"{run_dir} already has checkpoints: continuing it (delete it for a fresh run)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    from .local import launch_local
+
+    code = launch_local(cfg, run_dir / "config.yaml", resume)
+    if code == 0:
+        ckpt = CheckpointManager(run_dir / "checkpoints")
+        run_id = (run_dir / "mlflow_run_id").read_text().strip()
+        db = run_dir / "mlflow.db"
+        print("\ndemo finished")
+        print(f"  checkpoint : {ckpt.root / ckpt.latest_tag()}")
+        print(f"  metrics    : {run_dir / 'metrics.jsonl'}")
+        print(f"  MLflow run : {run_id} in sqlite:///{db}")
+        print(f"  MLflow UI  : .venv/bin/mlflow ui --backend-store-uri sqlite:///{db} --port 5000   "
+              "(then open http://127.0.0.1:5000)")
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neurograph", description="Pretrain neuron-graph language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train from a YAML config (dotted overrides: trainer.lr=3e-4)")
+    train.add_argument("--config", required=True)
+    train.add_argument("--resume", nargs="?", const="latest", default=None,
+                       help="continue from a checkpoint of trainer.run_dir: latest (default), a step or a tag")
+    train.add_argument("overrides", nargs="*", help="section.key=value")
+    train.set_defaults(func=cmd_train)
+
+    model = sub.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
+    summary = model.add_parser("summary", help="parameters per component, built on the meta device")
+    summary.add_argument("--config", required=True)
+    summary.add_argument("--json", action="store_true")
+    summary.add_argument("overrides", nargs="*")
+    summary.set_defaults(func=cmd_model_summary)
+
+    from data_pipeline.cli import add_data_commands
+
+    add_data_commands(sub.add_parser("data", help="prepare and verify token shards").add_subparsers(
+        dest="data_command", required=True))
+
+    demo = sub.add_parser("demo", help="prepare Shakespeare and train a small char model on 2 processes")
+    demo.add_argument("--run-root", default="runs/demo")
+    demo.add_argument("overrides", nargs="*")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

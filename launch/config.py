@@ -1,0 +1,189 @@
+"""The run configuration: typed sections assembled from the packages that own them,
+loaded from YAML, overridden from the command line, validated once.
+
+Every error names the field path (e.g. `deepspeed.zero_stage`) and what is allowed, and
+is raised before any process starts.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from data_pipeline.config import DataConfig
+from data_pipeline.manifest import load_manifest
+from model import model_config_union, model_spec, registered_architectures
+from trainer.config import DeepSpeedConfig, TrackingConfig, TrainerConfig
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message lists every bad field."""
+
+
+class RayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: Optional[str] = Field(None, description="Ray cluster address; None: RAY_ADDRESS or a new local instance")
+    num_workers: int = Field(2, gt=0, description="Ray Train workers (data-parallel ranks)")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts Ray Train may make (-1: unlimited)")
+    storage_path: Optional[str] = Field(None, description="shared storage for Ray Train checkpoints (path or URI)")
+
+
+class LauncherConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["local", "ray"] = "local"
+    ray: RayConfig = RayConfig()
+
+
+class NeuroGraphConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: model_config_union()  # type: ignore[valid-type]
+    data: DataConfig
+    trainer: TrainerConfig = TrainerConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    launcher: LauncherConfig = LauncherConfig()
+
+    @property
+    def world_size(self) -> int:
+        if self.launcher.kind == "ray":
+            return self.launcher.ray.num_workers
+        return self.trainer.num_processes
+
+    @model_validator(mode="after")
+    def _check_against_data(self) -> "NeuroGraphConfig":
+        """Cross-section checks: the data directory, vocabulary, sequence length, sharding."""
+        try:
+            manifest = load_manifest(self.data.path)
+        except (FileNotFoundError, ValueError) as err:
+            raise _field_error("data.path", str(err))
+        vocab = manifest["tokenizer"]["vocab_size"]
+        if self.model.vocab_size is None:
+            object.__setattr__(self, "model", self.model.model_copy(update={"vocab_size": vocab}))
+        elif self.model.vocab_size < vocab:
+            raise _field_error("model.vocab_size", f"{self.model.vocab_size} is smaller than the tokenizer's {vocab}")
+        if self.data.seq_len > manifest["seq_len"]:
+            raise _field_error("data.seq_len", f"{self.data.seq_len} exceeds the prepared sequence length {manifest['seq_len']}")
+        context = self.model.context_length
+        if context is not None and self.data.seq_len > context:
+            raise _field_error("data.seq_len", f"{self.data.seq_len} exceeds the model context model.max_seq_len={context}")
+        mb, workers = self.trainer.micro_batch_size, self.data.num_workers
+        if workers and mb % workers:
+            raise _field_error("data.num_workers", f"{workers} must divide trainer.micro_batch_size={mb}")
+        slots = mb * self.world_size
+        for split in ("train", "val"):
+            shards = len(manifest["splits"][split]["shards"])
+            if shards < slots:
+                raise _field_error(
+                    "data.path",
+                    f"the {split} split has {shards} shards but micro_batch_size x processes = {slots} streams need "
+                    f"at least {slots} (prepare with a smaller --samples-per-shard)")
+        return self
+
+
+def _field_error(path: str, message: str) -> ValueError:
+    return ValueError(f"[{path}] {message}")
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """Field names valid where the unknown key `loc[-1]` was found."""
+    cls: type[BaseModel] = NeuroGraphConfig
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
+        if cls is NeuroGraphConfig and part == "model":
+            if not parts:
+                return []
+            cls = model_spec(parts.pop(0)).config_cls  # the arch tag follows "model" in loc
+            continue
+        field = cls.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        cls = annotation
+    return sorted(cls.model_fields)
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        msg = e["msg"]
+        if msg.startswith("Value error, ["):  # raised by our cross-section checks: carries its own path
+            path, _, rest = msg[len("Value error, [") :].partition("] ")
+            lines.append(f"  {path}: {rest}")
+            continue
+        shown = loc
+        if loc[:1] == ("model",) and len(loc) > 1 and loc[1] in registered_architectures():
+            shown = ("model",) + loc[2:]  # drop the union's arch tag
+        path = ".".join(str(p) for p in shown) or "<root>"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc)
+            msg = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+        elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            msg = f"unknown architecture; registered: {', '.join(registered_architectures())}"
+            path = "model.arch"
+        elif "input" in e and e["type"] not in ("missing",):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {path}: {msg}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply dotted `section.key=value` overrides (values parsed as YAML) to a raw config dict."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return raw
+
+
+def validate_config(raw: dict) -> NeuroGraphConfig:
+    try:
+        return NeuroGraphConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> NeuroGraphConfig:
+    """Read a YAML config, apply CLI overrides and validate. Relative data and run paths stay
+    relative to the current directory; `resolved` makes them absolute."""
+    return validate_config(apply_overrides(read_yaml(path), list(overrides)))
+
+
+def resolved(cfg: NeuroGraphConfig) -> NeuroGraphConfig:
+    """The config with absolute data and run paths, as saved with the run."""
+    raw = cfg.model_dump(mode="json")
+    raw["data"]["path"] = str(Path(cfg.data.path).resolve())
+    raw["trainer"]["run_dir"] = str(Path(cfg.trainer.run_dir).resolve())
+    return validate_config(raw)
+
+
+def save_config(cfg: NeuroGraphConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

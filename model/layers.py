@@ -1,0 +1,104 @@
+"""Layers shared by the model families: causal self-attention with an optional KV cache,
+rotary and sinusoidal positions, and the GELU MLP."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class KVCache:
+    """Keys and values of one attention layer for the tokens seen so far: [B, H, T, hd]."""
+
+    def __init__(self):
+        self.k: Optional[torch.Tensor] = None
+        self.v: Optional[torch.Tensor] = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoPE) applied to queries and keys."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # [T, hd/2]
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        # x: [B, H, T, hd]; rotate channel pairs (even, odd) by position-dependent angles.
+        t = x.shape[2]
+        cos = self.cos[offset : offset + t].to(x.dtype)
+        sin = self.sin[offset : offset + t].to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+def sinusoidal_positions(max_seq_len: int, d_model: int) -> torch.Tensor:
+    """The original Transformer's fixed position table: [T, D]."""
+    pos = torch.arange(max_seq_len, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(max_seq_len, d_model)
+    table[:, 0::2] = torch.sin(pos * div)
+    table[:, 1::2] = torch.cos(pos * div)
+    return table
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention (PyTorch SDPA), optionally rotary, optionally cached."""
+
+    def __init__(self, d_model: int, n_head: int, dropout: float = 0.0, bias: bool = False,
+                 rotary: Optional[RotaryEmbedding] = None):
+        super().__init__()
+        if d_model % n_head:
+            raise ValueError(f"d_model {d_model} is not divisible by n_head {n_head}")
+        self.n_head = n_head
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.proj = nn.Linear(d_model, d_model, bias=bias)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+        self.rotary = rotary
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (y.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for y in (q, k, v))  # [B, H, T, hd]
+        offset = cache.length if cache is not None else 0
+        if self.rotary is not None:
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        dropout_p = self.dropout if self.training else 0.0
+        if offset == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:
+            # New queries sit at positions offset..offset+t-1 and see every key up to their own.
+            allowed = torch.arange(offset + t, device=x.device)[None, :] <= (offset + torch.arange(t, device=x.device))[:, None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+        y = y.transpose(1, 2).reshape(b, t, d)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise GELU feed-forward network."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, bias: bool = False):
+        super().__init__()
+        self.fc = nn.Linear(d_model, d_ff, bias=bias)
+        self.proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))

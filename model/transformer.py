@@ -1,0 +1,92 @@
+"""Decoder-only Transformer baseline: pre-norm blocks, causal SDPA, tied embeddings."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+import torch.nn as nn
+from pydantic import Field
+
+from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, sinusoidal_positions
+from .registry import ModelConfig, register_model
+
+
+class TransformerConfig(ModelConfig):
+    arch: Literal["transformer"] = "transformer"
+    d_model: int = Field(256, gt=0)
+    n_layer: int = Field(6, gt=0)
+    n_head: int = Field(4, gt=0)
+    d_ff: int = Field(1024, gt=0)
+    max_seq_len: int = Field(256, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    positions: Literal["learned", "sinusoidal", "rope"] = "learned"
+    bias: bool = False
+
+    @property
+    def context_length(self) -> int:
+        return self.max_seq_len
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: TransformerConfig, rotary: Optional[RotaryEmbedding]):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg.d_model, cfg.n_head, cfg.dropout, cfg.bias, rotary)
+        self.ln_mlp = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.bias)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), cache)
+        return x + self.mlp(self.ln_mlp(x))
+
+
+@register_model("transformer", TransformerConfig)
+class Transformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        rotary = None
+        if cfg.positions == "learned":
+            self.pos_embed = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        elif cfg.positions == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_positions(cfg.max_seq_len, cfg.d_model), persistent=False)
+        else:
+            rotary = RotaryEmbedding(cfg.d_model // cfg.n_head, cfg.max_seq_len)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, rotary) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def forward(self, input_ids: torch.Tensor, caches: Optional[list[KVCache]] = None) -> torch.Tensor:
+        """input_ids [B, T] -> logits [B, T, V]. With `caches` (one per layer), positions continue
+        after the cached tokens and the caches are extended."""
+        b, t = input_ids.shape
+        offset = caches[0].length if caches else 0
+        if offset + t > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {offset + t} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+        x = self.embed(input_ids)  # [B, T, D]
+        if self.cfg.positions == "learned":
+            x = x + self.pos_embed(torch.arange(offset, offset + t, device=input_ids.device))
+        elif self.cfg.positions == "sinusoidal":
+            x = x + self.pos_table[offset : offset + t].to(x.dtype)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, caches[i] if caches else None)
+        return self.ln_f(x) @ self.embed.weight.T  # tied head
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward = 3 x forward): matmuls plus attention."""
+        c = self.cfg
+        matmul_params = c.n_layer * (4 * c.d_model**2 + 2 * c.d_model * c.d_ff) + c.d_model * c.vocab_size
+        attention = c.n_layer * 2 * seq_len * c.d_model  # QK^T and AV, causal half counted as full/2
+        return 3 * 2 * (matmul_params + attention)

@@ -1,0 +1,1 @@
+"""The training loop on a DeepSpeed engine: schedules, evaluation, checkpoints, tracking."""

@@ -1,0 +1,174 @@
+"""The training recipe, run by every data-parallel rank on a DeepSpeed engine.
+
+    build model -> DeepSpeed engine -> (resume) -> for each step: micro-batches, backward,
+    optimizer step -> log, evaluate, checkpoint -> finish the tracking run
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from data_pipeline import StreamingTokenLoader, load_manifest
+from model import build_model
+
+from .checkpoint import CheckpointManager
+from .engine import initialize_engine
+from .progress import Throughput, progress_line
+from .tracking import MLflowTracker, flatten_params
+
+log = logging.getLogger("neurograph.trainer")
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def setup_distributed() -> tuple[int, int]:
+    """Join the process group (gloo on CPU, NCCL on GPU) set up by the launcher's env vars."""
+    import deepspeed
+
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def global_mean(value: torch.Tensor) -> float:
+    value = value.detach().float().clone()
+    dist.all_reduce(value)
+    return value.item() / dist.get_world_size()
+
+
+@torch.no_grad()
+def evaluate(engine, cfg, rank: int, world: int, char_level: bool) -> dict[str, float]:
+    """Mean validation loss over `trainer.eval_batches` micro-batches per rank."""
+    loader = StreamingTokenLoader(cfg.data.path, "val", cfg.data.seq_len, cfg.trainer.micro_batch_size, rank, world,
+                                  num_workers=0, seed=cfg.trainer.seed, shuffle=False, loop=False,
+                                  max_batches=cfg.trainer.eval_batches)
+    engine.eval()
+    total = torch.zeros(2)
+    for batch in loader:
+        logits = engine(batch[:, :-1])
+        total += torch.tensor([lm_loss(logits, batch[:, 1:]).item() * batch[:, 1:].numel(), batch[:, 1:].numel()])
+    engine.train()
+    dist.all_reduce(total)
+    loss = (total[0] / total[1].clamp(min=1)).item()
+    out = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
+    if char_level:
+        out["val/bpc"] = loss / math.log(2)
+    return out
+
+
+def train(cfg, resume: Optional[str] = None) -> list[dict]:
+    """Train `cfg` (a validated `launch.config.NeuroGraphConfig`) on this rank.
+
+    `resume`: None for a new run, else `latest`, a step number or a checkpoint tag.
+    Returns the per-step records (rank 0's view; identical on every rank)."""
+    rank, world = setup_distributed()
+    t = cfg.trainer
+    run_dir = Path(t.run_dir)
+    seed_everything(t.seed)  # identical initial weights on every rank
+    model = build_model(cfg.model)
+    engine, scheduler = initialize_engine(model, cfg, world)
+    seed_everything(t.seed + rank)  # per-rank dropout streams
+
+    manifest = load_manifest(cfg.data.path)
+    loader = StreamingTokenLoader(cfg.data.path, "train", cfg.data.seq_len, t.micro_batch_size, rank, world,
+                                  num_workers=cfg.data.num_workers, seed=t.seed, shuffle=cfg.data.shuffle)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", keep=t.keep_checkpoints)
+    step, run_id = 0, None
+    if resume is not None:
+        tag = checkpoints.resolve(resume)
+        state = checkpoints.load(engine, tag)
+        step, run_id = state["step"], state.get("mlflow_run_id")
+        loader.load_state_dict(state["data"])
+        if rank == 0:
+            log.info("resumed from %s at step %d", checkpoints.root / tag, step)
+
+    tracker = None
+    if rank == 0 and cfg.tracking.enabled:
+        tracker = MLflowTracker(cfg.tracking.uri, cfg.tracking.experiment, run_dir)
+        run_id = tracker.start(run_id, cfg.tracking.run_name, flatten_params(cfg.model_dump(mode="json")))
+        (run_dir / "mlflow_run_id").write_text(run_id)
+    records = _metrics_so_far(run_dir, step) if rank == 0 else []
+
+    char_level = manifest["tokenizer"]["kind"] == "char"
+    tokens_per_step = t.micro_batch_size * t.grad_accum_steps * world * cfg.data.seq_len
+    flops_per_token = getattr(model, "flops_per_token", lambda _: None)(cfg.data.seq_len)
+    rates = Throughput(tokens_per_step, step, t.max_steps)
+    stop_at = min(t.max_steps, step + t.exit_after) if t.exit_after else t.max_steps
+    batches = iter(loader)
+    while step < stop_at:
+        loss_sum = torch.zeros(())
+        for _ in range(t.grad_accum_steps):
+            batch = next(batches)  # [mb, T+1]
+            loss = lm_loss(engine(batch[:, :-1]), batch[:, 1:])
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.detach()
+        step += 1
+        record = {"step": step, "train/loss": global_mean(loss_sum / t.grad_accum_steps),
+                  "train/lr": scheduler.get_last_lr()[0]}
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None:
+            record["train/grad_norm"] = float(grad_norm)
+        last = step == stop_at
+        if step % t.log_every == 0 or last:
+            speed = rates.update(step)
+            record["train/tokens_per_s"] = speed["tokens_per_s"]
+            if flops_per_token:
+                record["train/tflops"] = speed["tokens_per_s"] * flops_per_token / 1e12
+            if rank == 0:
+                log.info(progress_line(step, t.max_steps, record["train/loss"], record["train/lr"], speed))
+        if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
+            record.update(evaluate(engine, cfg, rank, world, char_level))
+            if rank == 0:
+                log.info("eval step %d | %s", step, " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val/")))
+        if rank == 0:
+            records.append(record)
+            _append_metrics(run_dir, record)
+            if tracker:
+                tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
+        if (t.checkpoint_every and step % t.checkpoint_every == 0) or last:
+            path = checkpoints.save(engine, step, {"step": step, "data": loader.state_dict(), "mlflow_run_id": run_id})
+            if rank == 0:
+                log.info("checkpoint %s", path)
+    if tracker:
+        tracker.finish()
+    dist.barrier()
+    return records
+
+
+def _metrics_so_far(run_dir: Path, step: int) -> list[dict]:
+    """Records up to `step` from the metrics file, which is rewritten without later steps
+    (those are recomputed after a resume)."""
+    path = run_dir / METRICS_FILE
+    if not path.exists():
+        return []
+    kept = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def _append_metrics(run_dir: Path, record: dict) -> None:
+    with open(run_dir / METRICS_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
