@@ -9,6 +9,12 @@ from pathlib import Path
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
+TOKEN_FIELD = "tokens.npy"  # the one field of every sample: a uint16/uint32 array of seq_len + 1 tokens
+
+
+def sample_key(split: str, index: int) -> str:
+    """The WebDataset key of sample `index` of `split` (split-wide numbering)."""
+    return f"{split}-{index:09d}"
 
 
 class ShardError(RuntimeError):

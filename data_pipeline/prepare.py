@@ -13,13 +13,12 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from .manifest import FORMAT_VERSION, MANIFEST, SPLITS, sha256_file
+from .manifest import FORMAT_VERSION, MANIFEST, SPLITS, TOKEN_FIELD, sample_key, sha256_file
 from .sources import NORMALIZATIONS, check_inputs, iter_corpus
 from .tokenizers import CHAR_FILE, SENTENCEPIECE_FILE, CharTokenizer, SentencePieceTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
 
-TOKEN_FIELD = "tokens.npy"
 _ENCODE_CHUNK = 1 << 20  # characters per encode call (progress granularity)
 _MAX_TRAINING_SENTENCE = 2000  # characters; sentencepiece skips longer sentences
 
@@ -27,10 +26,6 @@ _MAX_TRAINING_SENTENCE = 2000  # characters; sentencepiece skips longer sentence
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 when every id fits, else uint32."""
     return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)
-
-
-def sample_key(split: str, index: int) -> str:
-    return f"{split}-{index:09d}"
 
 
 def document_separator(normalize: str) -> str:
@@ -209,14 +204,15 @@ def _training_sentences(documents: Iterable[str]) -> Iterator[str]:
 def _encode_corpus(tok: Tokenizer, corpus: Iterator[tuple[str, str]], separator: str, dtype: np.dtype):
     """One token array for all documents (joined by `separator`) and per-source statistics."""
     encode = getattr(tok, "encode_array", None) or (lambda text: np.asarray(tok.encode(text), dtype=np.int64))
-    sep_ids = encode(separator)
+    sep_ids = None
     pieces: list[np.ndarray] = []
     sources: dict[str, dict] = {}
     bar = tqdm(desc="tokenizing", unit="char", unit_scale=True, disable=None, leave=False)
     for path, doc in corpus:
         stats = sources.setdefault(path, {"path": path, "documents": 0, "characters": 0})
         if pieces:
-            pieces.append(sep_ids.astype(dtype))
+            sep_ids = encode(separator).astype(dtype) if sep_ids is None else sep_ids
+            pieces.append(sep_ids)
         for chunk in _chunks(doc):
             ids = encode(chunk)
             if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(dtype).max):

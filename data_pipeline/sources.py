@@ -67,7 +67,9 @@ def iter_documents(path: str | os.PathLike, jsonl_field: str = "text", parquet_c
             elif fmt == ".jsonl":
                 yield from _jsonl_documents(path, io.TextIOWrapper(raw, encoding="utf-8"), jsonl_field)
             else:
-                yield from _parquet_documents(path, raw, parquet_column)
+                # parquet needs random access: decompress into memory rather than seek in a compressed stream
+                source = raw if compression is None else io.BytesIO(raw.read())
+                yield from _parquet_documents(path, source, parquet_column)
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err})") from err
     except (lzma.LZMAError, gzip.BadGzipFile, EOFError, OSError) as err:
@@ -95,8 +97,7 @@ def _jsonl_documents(path: Path, lines: io.TextIOBase, field: str) -> Iterator[s
 def _parquet_documents(path: Path, raw: BinaryIO, column: str) -> Iterator[str]:
     import pyarrow.parquet as pq
 
-    source = raw if raw.seekable() else io.BytesIO(raw.read())
-    table = pq.ParquetFile(source)
+    table = pq.ParquetFile(raw)
     if column not in table.schema_arrow.names:
         raise ValueError(f"{path}: no column {column!r}; columns: {', '.join(table.schema_arrow.names)}")
     for batch in table.iter_batches(columns=[column]):

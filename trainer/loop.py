@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from data_pipeline import StreamingTokenLoader, load_manifest
+from data_pipeline import StreamingTokenLoader
 from model import build_model
 
 from .checkpoint import CheckpointManager
@@ -59,11 +59,8 @@ def global_mean(value: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate(engine, cfg, rank: int, world: int, char_level: bool) -> dict[str, float]:
-    """Mean validation loss over `trainer.eval_batches` micro-batches per rank."""
-    loader = StreamingTokenLoader(cfg.data.path, "val", cfg.data.seq_len, cfg.trainer.micro_batch_size, rank, world,
-                                  num_workers=0, seed=cfg.trainer.seed, shuffle=False, loop=False,
-                                  max_batches=cfg.trainer.eval_batches)
+def evaluate(engine, loader: StreamingTokenLoader, char_level: bool) -> dict[str, float]:
+    """Mean validation loss over one pass of `loader` (every rank runs the same number of batches)."""
     engine.eval()
     total = torch.zeros(2)
     for batch in loader:
@@ -91,9 +88,11 @@ def train(cfg, resume: Optional[str] = None) -> list[dict]:
     engine, scheduler = initialize_engine(model, cfg, world)
     seed_everything(t.seed + rank)  # per-rank dropout streams
 
-    manifest = load_manifest(cfg.data.path)
-    loader = StreamingTokenLoader(cfg.data.path, "train", cfg.data.seq_len, t.micro_batch_size, rank, world,
-                                  num_workers=cfg.data.num_workers, seed=t.seed, shuffle=cfg.data.shuffle)
+    loader = StreamingTokenLoader.from_config(cfg.data, split="train", micro_batch_size=t.micro_batch_size,
+                                              rank=rank, world_size=world, seed=t.seed)
+    val_loader = StreamingTokenLoader(cfg.data.path, "val", micro_batch_size=t.micro_batch_size, rank=rank,
+                                      world_size=world, seq_len=cfg.data.seq_len, shuffle=False, seed=t.seed,
+                                      loop=False, max_batches=t.eval_batches)
     checkpoints = CheckpointManager(run_dir / "checkpoints", keep=t.keep_checkpoints)
     step, run_id = 0, None
     if resume is not None:
@@ -111,7 +110,7 @@ def train(cfg, resume: Optional[str] = None) -> list[dict]:
         (run_dir / "mlflow_run_id").write_text(run_id)
     records = _metrics_so_far(run_dir, step) if rank == 0 else []
 
-    char_level = manifest["tokenizer"]["kind"] == "char"
+    char_level = loader.manifest["tokenizer"]["kind"] == "char"
     tokens_per_step = t.micro_batch_size * t.grad_accum_steps * world * cfg.data.seq_len
     flops_per_token = getattr(model, "flops_per_token", lambda _: None)(cfg.data.seq_len)
     rates = Throughput(tokens_per_step, step, t.max_steps)
@@ -140,7 +139,7 @@ def train(cfg, resume: Optional[str] = None) -> list[dict]:
             if rank == 0:
                 log.info(progress_line(step, t.max_steps, record["train/loss"], record["train/lr"], speed))
         if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
-            record.update(evaluate(engine, cfg, rank, world, char_level))
+            record.update(evaluate(engine, val_loader, char_level))
             if rank == 0:
                 log.info("eval step %d | %s", step, " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val/")))
         if rank == 0:

@@ -1,0 +1,268 @@
+"""Selective scan: the Mamba-1 SSM recurrence, its reference, its CPU fast path and one dispatch.
+
+Per channel c and state index s, with delta = softplus(delta + delta_bias) when asked:
+
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
+    y_t = <h_t, C_t> + D * u_t,      out_t = y_t * silu(z_t)   (when z is given)
+
+Layout (mamba-ssm's, so the CUDA kernel is a drop-in): u, delta, z [B, d, T]; A [d, S];
+B, C [B, S, T]; D, delta_bias [d]. Returns y [B, d, T] and, with `return_last_state`, the
+final state h_T [B, d, S] (fp32, fp64 for fp64 inputs) used to start recurrent decoding.
+
+Implementations (`selective_scan(..., impl=...)` is the single dispatch models call):
+- "sequential": `selective_scan_ref`, a plain loop over T, differentiable through autograd.
+  It is the reference every other path is tested against.
+- "chunked": the CPU default. T is cut into chunks of `chunk_size`; each chunk's local end
+  state is a closed-form weighted sum, a short scan across chunks gives every chunk's start
+  state, and one pass over the chunk length (all chunks in parallel) produces y. Channels
+  are processed in tiles so the [B, T, d, S] state is never held for the whole sequence.
+  `ChunkedSelectiveScan` (autograd.Function) saves only the chunk-start states and
+  recomputes inside chunks in backward, where the gradient is the mirror-image reverse scan.
+- "cuda": mamba-ssm's `selective_scan_fn`, used by "auto" only when mamba-ssm imports and
+  the tensors are on a CUDA device (the `gpu` extra).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+# Elements of one per-step state tensor [B, chunks, d_tile, S] in the chunked path: small
+# enough that a step's handful of temporaries stays in a core's L2 cache.
+_STEP_ELEMENTS = 1 << 16
+
+try:  # the CUDA fast path (gpu extra); absent on CPU machines
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _mamba_ssm_scan  # type: ignore
+except Exception:  # ImportError, or the package imports but its CUDA extension does not
+    _mamba_ssm_scan = None
+
+IMPLEMENTATIONS = ("auto", "sequential", "chunked", "cuda")
+
+
+def _compute(x: torch.Tensor) -> torch.Tensor:
+    """Compute precision: fp64 stays fp64 (for tight tests), everything else runs in fp32."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _prepare_delta(delta: torch.Tensor, delta_bias: Optional[torch.Tensor], delta_softplus: bool) -> torch.Tensor:
+    delta = _compute(delta)
+    if delta_bias is not None:
+        delta = delta + _compute(delta_bias)[..., None]
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def _finish(y: torch.Tensor, u: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
+            dtype: torch.dtype) -> torch.Tensor:
+    """Skip term and gate, shared by the PyTorch paths: y [B, d, T] fp32 -> output dtype."""
+    if D is not None:
+        y = y + _compute(u) * _compute(D)[:, None]
+    if z is not None:
+        y = y * F.silu(_compute(z))
+    return y.to(dtype)
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    """Sequential reference: one step of the recurrence per time step, in fp32."""
+    dtype = u.dtype
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)  # [B, d, T]
+    uf, A, B, C = _compute(u), _compute(A), _compute(B), _compute(C)
+    h = uf.new_zeros(u.shape[0], u.shape[1], A.shape[1])  # [B, d, S]
+    ys = []
+    for t in range(u.shape[2]):
+        decay = torch.exp(delta[:, :, t, None] * A)  # [B, d, S]
+        h = decay * h + (delta[:, :, t] * uf[:, :, t])[..., None] * B[:, None, :, t]
+        ys.append(torch.einsum("bds,bs->bd", h, C[:, :, t]))
+    y = _finish(torch.stack(ys, dim=2), u, D, z, dtype)
+    return (y, h) if return_last_state else y
+
+
+# ----------------------------------------------------------------------------------------
+# Chunked scan (CPU default). Internal layout puts the position inside the chunk first so
+# every per-step slice is one contiguous block:
+#   x = delta * u, delta: [L, B, nc, d];  B, C: [L, B, nc, S];  states: [B, nc, d, S]
+# ----------------------------------------------------------------------------------------
+
+def _to_chunks(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """[B, T, F] -> [L, B, nc, F], zero-padded at the end (delta = 0 there: state unchanged)."""
+    b, t, f = x.shape
+    nc = -(-t // chunk)
+    if nc * chunk != t:
+        x = F.pad(x, (0, 0, 0, nc * chunk - t))
+    return x.reshape(b, nc, chunk, f).permute(2, 0, 1, 3).contiguous()
+
+
+def _from_chunks(x: torch.Tensor, t: int) -> torch.Tensor:
+    """[L, B, nc, F] -> [B, T, F] (padding dropped)."""
+    L, b, nc, f = x.shape
+    return x.permute(1, 2, 0, 3).reshape(b, nc * L, f)[:, :t]
+
+
+def _channel_tiles(b: int, nc: int, d: int, s: int):
+    """Channel ranges whose per-step state [B, nc, d_tile, S] stays cache-sized."""
+    tile = max(1, min(d, _STEP_ELEMENTS // max(1, b * nc * s)))
+    return [(i, min(d, i + tile)) for i in range(0, d, tile)]
+
+
+def _chunk_forward(x, delta, A, B, C):
+    """One channel tile. x, delta [L, B, nc, dt]; A [dt, S]; B, C [L, B, nc, S].
+    Returns y [L, B, nc, dt], every chunk's start state [B, nc, dt, S] and the final state.
+    Loops run over the chunk length with all chunks in parallel; every per-step tensor is
+    [B, nc, dt, S], sized to stay in cache."""
+    L, nc = x.shape[0], x.shape[2]
+    Bx = B[..., None, :]  # [L, B, nc, 1, S]
+    # Pass 1: each chunk's end state when started from zero.
+    h = torch.zeros(x.shape[1:] + A.shape[1:], dtype=x.dtype)
+    for l in range(L):
+        h = torch.addcmul(x[l, ..., None] * Bx[l], torch.exp(delta[l, ..., None] * A), h)
+    chunk_decay = torch.exp(delta.sum(0)[..., None] * A)  # [B, nc, dt, S]
+    # Short scan across chunks: true start state of every chunk.
+    starts = torch.empty_like(h)
+    carry = torch.zeros_like(h[:, 0])
+    for c in range(nc):
+        starts[:, c] = carry
+        carry = torch.addcmul(h[:, c], chunk_decay[:, c], carry)
+    # Pass 2: states from the true starts, and the outputs.
+    y = torch.empty_like(x)
+    h = starts
+    for l in range(L):
+        h = torch.addcmul(x[l, ..., None] * Bx[l], torch.exp(delta[l, ..., None] * A), h)
+        torch.matmul(h, C[l, ..., None], out=y[l, ..., None])
+    return y, starts, carry
+
+
+def _chunk_backward(x, delta, A, B, C, starts, gy, glast):
+    """Gradients for one channel tile (see `_chunk_forward` for shapes). Returns
+    (gx, gdelta, gA, gB, gC); gB and gC are this tile's share of the sums over channels."""
+    L, nc = x.shape[0], x.shape[2]
+    Bx, Cx = B[..., None, :], C[..., None, :]  # [L, B, nc, 1, S]
+    # Recompute the states inside the chunks from the saved chunk-start states.
+    hs = x.new_empty((L + 1,) + starts.shape)  # slot 0: start state
+    hs[0] = starts
+    for l in range(L):
+        torch.addcmul(x[l, ..., None] * Bx[l], torch.exp(delta[l, ..., None] * A), hs[l], out=hs[l + 1])
+    # Gradient reaching each chunk's start from that chunk's own outputs (reverse pass from 0).
+    r = torch.zeros_like(starts)
+    for l in range(L - 1, -1, -1):
+        r = torch.exp(delta[l, ..., None] * A) * torch.addcmul(r, Cx[l], gy[l, ..., None])
+    to_start = r
+    chunk_decay = torch.exp(delta.sum(0)[..., None] * A)
+    # Reverse scan across chunks: gradient w.r.t. each chunk's end state.
+    carry = torch.empty_like(starts)
+    g = glast.to(x.dtype) if glast is not None else torch.zeros_like(starts[:, 0])
+    for c in range(nc - 1, -1, -1):
+        carry[:, c] = g
+        g = torch.addcmul(to_start[:, c], chunk_decay[:, c], g)
+    gx, gdelta = torch.empty_like(x), torch.empty_like(delta)
+    gB, gC = torch.empty_like(B), torch.empty_like(C)
+    gA_acc = torch.zeros_like(starts)
+    for l in range(L - 1, -1, -1):
+        r = torch.addcmul(carry, Cx[l], gy[l, ..., None])  # dLoss/dh_l  [B, nc, dt, S]
+        decay = torch.exp(delta[l, ..., None] * A)
+        q = r * decay
+        q *= hs[l]  # dLoss/d(log decay_l) = r * decay * h_{l-1}
+        torch.matmul(r, B[l, ..., None], out=gx[l, ..., None])
+        torch.matmul(q[..., None, :], A[..., None], out=gdelta[l, ..., None, None])
+        gA_acc.addcmul_(q, delta[l, ..., None])
+        torch.matmul(x[l, ..., None, :], r, out=gB[l, ..., None, :])
+        torch.matmul(gy[l, ..., None, :], hs[l + 1], out=gC[l, ..., None, :])
+        carry = decay * r
+    return gx, gdelta, gA_acc.sum((0, 1)), gB, gC
+
+
+class ChunkedSelectiveScan(torch.autograd.Function):
+    """Core SSM scan y_t = <h_t, C_t> in time-major layout, memory-lean in backward.
+
+    Inputs: u, delta [B, T, d] (delta already positive); A [d, S]; B, C [B, T, S].
+    Outputs: y [B, T, d], last state [B, d, S]. Saves the inputs and the chunk-start states
+    [B, ceil(T/L), d, S] only; states inside chunks are recomputed in backward."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, chunk_size: int):
+        b, t, d = u.shape
+        s = A.shape[1]
+        L = max(1, min(chunk_size, t))
+        xc, dc = _to_chunks(delta * u, L), _to_chunks(delta, L)
+        Bc, Cc = _to_chunks(B, L), _to_chunks(C, L)
+        nc = xc.shape[2]
+        starts = u.new_empty(b, nc, d, s)
+        y = torch.empty_like(xc)
+        last = u.new_empty(b, d, s)
+        for lo, hi in _channel_tiles(b, nc, d, s):
+            y[..., lo:hi], starts[:, :, lo:hi], last[:, lo:hi] = _chunk_forward(
+                xc[..., lo:hi].contiguous(), dc[..., lo:hi].contiguous(), A[lo:hi], Bc, Cc)
+        ctx.save_for_backward(u, delta, A, B, C, starts)
+        ctx.chunk = L
+        return _from_chunks(y, t), last
+
+    @staticmethod
+    def backward(ctx, gy, glast):
+        u, delta, A, B, C, starts = ctx.saved_tensors
+        L = ctx.chunk
+        b, t, d = u.shape
+        s = A.shape[1]
+        xc, dc = _to_chunks(delta * u, L), _to_chunks(delta, L)
+        Bc, Cc = _to_chunks(B, L), _to_chunks(C, L)
+        gyc = _to_chunks(gy, L)
+        nc = xc.shape[2]
+        gx, gdc = torch.empty_like(xc), torch.empty_like(dc)
+        gA = torch.empty_like(A)
+        gB, gC = torch.zeros_like(Bc), torch.zeros_like(Cc)
+        for lo, hi in _channel_tiles(b, nc, d, s):
+            tx, td, gA[lo:hi], tB, tC = _chunk_backward(
+                xc[..., lo:hi].contiguous(), dc[..., lo:hi].contiguous(), A[lo:hi], Bc, Cc,
+                starts[:, :, lo:hi].contiguous(), gyc[..., lo:hi].contiguous(),
+                glast[:, lo:hi] if glast is not None else None)
+            gx[..., lo:hi], gdc[..., lo:hi] = tx, td
+            gB += tB
+            gC += tC
+        gx, gd = _from_chunks(gx, t), _from_chunks(gdc, t)
+        # x = delta * u
+        return gx * delta, gd + gx * u, gA, _from_chunks(gB, t), _from_chunks(gC, t), None
+
+
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           return_last_state=False, chunk_size: int = 64):
+    """Chunked scan in mamba-ssm's layout (see the module docstring)."""
+    dtype = u.dtype
+    dt = _prepare_delta(delta, delta_bias, delta_softplus)  # [B, d, T]
+    y, last = ChunkedSelectiveScan.apply(
+        _compute(u).transpose(1, 2), dt.transpose(1, 2), _compute(A),
+        _compute(B).transpose(1, 2), _compute(C).transpose(1, 2), chunk_size)
+    y = _finish(y.transpose(1, 2), u, D, z, dtype)
+    return (y, last) if return_last_state else y
+
+
+def cuda_scan_available() -> bool:
+    return _mamba_ssm_scan is not None and torch.cuda.is_available()
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, impl: str = "auto", chunk_size: int = 64):
+    """The single dispatch point. impl: auto | sequential | chunked | cuda.
+    "auto" takes mamba-ssm's CUDA kernel when it imports and `u` is on a CUDA device,
+    else the chunked CPU path."""
+    if impl == "auto":
+        impl = "cuda" if (u.is_cuda and _mamba_ssm_scan is not None) else "chunked"
+    if impl == "cuda":
+        if _mamba_ssm_scan is None:
+            raise RuntimeError("impl='cuda' needs mamba-ssm with its CUDA extension (pip install '.[gpu]')")
+        return _mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if impl == "chunked":
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size)
+    if impl == "sequential":
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    raise ValueError(f"unknown selective scan impl {impl!r}; choose from {IMPLEMENTATIONS}")
+
+
+def selective_scan_flops(batch: int, seq_len: int, d_inner: int, d_state: int, with_d: bool = True,
+                         with_z: bool = True) -> int:
+    """Forward FLOPs of the scan, counted as mamba-ssm counts them (9 per state element)."""
+    flops = 9 * batch * seq_len * d_inner * d_state
+    if with_d:
+        flops += batch * d_inner * seq_len
+    if with_z:
+        flops += batch * d_inner * seq_len
+    return flops

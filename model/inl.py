@@ -1,0 +1,483 @@
+"""INL — Integrator Neuron Layer language model (SPEC section 3).
+
+Pre-norm decoder block with three residual branches:
+  a = Attn(LN_a(x)); x = x + a
+  integrator: z_0 = LN_1(x), v_0 = 0, context h = a, K iterations of
+      alpha, beta, gate, v_target = Controller(h, z, v);  v = alpha v + (1-alpha) v_target - beta (z - mu);
+      z = z + dt gate v
+    x = x + z_K
+  x = x + FFN(LN_2(x))   (only when feedforward_dim > 0)
+
+Every option of the model card is a config switch and is implemented for real: a shared
+controller (one for all layers, per-layer [L, 4] scale/bias modulation), hierarchical
+equilibrium mu, per-token adaptive stopping at inference (converged tokens are removed from
+the computation), sparse harmonic excitation in training only, low-rank embeddings and
+sinusoidal or rotary positions. Attention keys/values are cached for generation; the
+integrator runs only for new tokens.
+
+Component names (used by `parameter_breakdown` and the generic model summary):
+embed, blocks.N.{ln_attn, attn, ln_int, integrator, ln_ffn, ffn}, controller (shared), ln_f, head.
+The hot iteration math lives in kernels/integrator.py (`integrator_step`).
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from kernels.integrator import INIT_RAW_BIAS, controller_activations, integrator_step
+
+from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, sinusoidal_positions
+from .registry import ModelConfig, register_model
+
+
+class INLConfig(ModelConfig):
+    arch: Literal["inl"] = "inl"
+    d_model: int = Field(256, gt=0)
+    n_layer: int = Field(6, gt=0)
+    n_head: int = Field(4, gt=0)
+    num_iterations: int = Field(5, gt=0, description="integrator iterations K per layer")
+    feedforward_dim: int = Field(0, ge=0, description="hidden width of the FFN branch; 0 removes the branch")
+    max_seq_len: int = Field(256, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    positions: Literal["sinusoidal", "rope"] = "sinusoidal"
+    bias: bool = Field(False, description="biases in attention and FFN linears")
+    dt: float = Field(0.1, gt=0.0, description="fixed integration step")
+    controller_rank: int = Field(64, gt=0, description="hidden width r of the controller MLP")
+    shared_controller: bool = Field(True, description="one controller for all layers + per-layer [4] scale/bias")
+    hierarchical_equilibrium: bool = Field(False, description="mu = mu_global + repeat(mu_group, group_size)")
+    group_size: int = Field(64, gt=0)
+    adaptive_stopping: bool = Field(False, description="per-token early stop at inference (eval mode)")
+    min_iterations: int = Field(3, gt=0)
+    stop_threshold: float = Field(1e-3, ge=0.0, description="stop once ||z_k - z_{k-1}||_2 < threshold")
+    excitation_sparsity: float = Field(0.0, ge=0.0, le=1.0, description="fraction of channels excited (training only)")
+    lowrank_embeddings: bool = False
+    lowrank_ratio: float = Field(0.125, gt=0.0, le=1.0)
+    tie_embeddings: bool = Field(False, description="output head reuses the (low-rank) input embedding")
+    convergence_weight: float = Field(0.0, ge=0.0, description="weight of the auxiliary convergence loss: mean "
+                                      "||z_k - z_(k-1)||^2 / D over k > min_iterations (training; "
+                                      "`INLModel.aux_loss()`), 0 disables")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+        if self.positions == "rope" and (self.d_model // self.n_head) % 2:
+            raise ValueError("rope needs an even head dimension")
+        if self.hierarchical_equilibrium and self.d_model % self.group_size:
+            raise ValueError(f"d_model {self.d_model} is not divisible by group_size {self.group_size}")
+        return self
+
+    @property
+    def context_length(self) -> int:
+        return self.max_seq_len
+
+    @property
+    def embedding_rank(self) -> int:
+        """r = max(64, D * lowrank_ratio) (216 for D = 1728, ratio 1/8)."""
+        return min(self.d_model, max(64, round(self.d_model * self.lowrank_ratio)))
+
+
+# --------------------------------------------------------------------------- components
+class LowRankEmbedding(nn.Module):
+    """Embed(V, r) -> Linear(r -> D)."""
+
+    def __init__(self, vocab_size: int, rank: int, d_model: int):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, rank)
+        self.proj = nn.Linear(rank, d_model, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.tokens(ids))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Tied output head through the factorisation: x [.., D] -> [.., V]."""
+        return (x @ self.proj.weight) @ self.tokens.weight.T
+
+
+class TokenEmbedding(nn.Module):
+    def __init__(self, vocab_size: int, d_model: int):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, d_model)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.tokens(ids)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.tokens.weight.T
+
+
+class IntegratorController(nn.Module):
+    """Linear(3D -> r) -> ReLU -> Linear(r -> 4D) on [h, z, v], producing raw
+    (alpha, beta, gate, v_target) pre-activations [N, 4, D].
+
+    With `n_layers > 0` it is the shared controller: learned per-layer scale/bias [L, 4]
+    modulate the four outputs of layer l. The context part W_h h + b is the same for all
+    K iterations of a layer and is computed once (`context`)."""
+
+    def __init__(self, d_model: int, rank: int = 64, n_layers: int = 0):
+        super().__init__()
+        self.d_model = d_model
+        self.fc_in = nn.Linear(3 * d_model, rank)
+        self.fc_out = nn.Linear(rank, 4 * d_model)
+        if n_layers > 0:
+            self.layer_scale = nn.Parameter(torch.ones(n_layers, 4))
+            self.layer_bias = nn.Parameter(torch.zeros(n_layers, 4))
+        else:
+            self.register_parameter("layer_scale", None)
+            self.register_parameter("layer_bias", None)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.fc_in.weight, std=0.02)
+        nn.init.zeros_(self.fc_in.bias)
+        nn.init.normal_(self.fc_out.weight, std=0.01)  # small: start near the bias operating point
+        bias = torch.tensor(INIT_RAW_BIAS, dtype=self.fc_out.bias.dtype, device=self.fc_out.bias.device)
+        self.fc_out.bias.copy_(bias.repeat_interleave(self.d_model))
+        if self.layer_scale is not None:
+            self.layer_scale.fill_(1.0)
+            self.layer_bias.zero_()
+
+    def context(self, h: torch.Tensor) -> torch.Tensor:
+        """h [N, D] -> W_h h + b [N, r]."""
+        return F.linear(h, self.fc_in.weight[:, : self.d_model], self.fc_in.bias)
+
+    def forward(self, ctx: torch.Tensor, z: torch.Tensor, v: Optional[torch.Tensor], layer: int = 0) -> torch.Tensor:
+        """ctx = context(h) [N, r], z [N, D], v [N, D] or None (= 0) -> raw [N, 4, D]."""
+        d = self.d_model
+        pre = ctx + F.linear(z, self.fc_in.weight[:, d : 2 * d])
+        if v is not None:
+            pre = pre + F.linear(v, self.fc_in.weight[:, 2 * d :])
+        raw = self.fc_out(F.relu(pre)).view(-1, 4, d)
+        if self.layer_scale is not None:
+            raw = raw * self.layer_scale[layer, :, None] + self.layer_bias[layer, :, None]
+        return raw
+
+    def reference(self, h: torch.Tensor, z: torch.Tensor, v: torch.Tensor, layer: int = 0) -> torch.Tensor:
+        """The literal definition on the concatenation [h, z, v] (tests compare with `forward`)."""
+        raw = self.fc_out(F.relu(self.fc_in(torch.cat([h, z, v], dim=-1)))).view(-1, 4, self.d_model)
+        if self.layer_scale is not None:
+            raw = raw * self.layer_scale[layer, :, None] + self.layer_bias[layer, :, None]
+        return raw
+
+
+class IntegratorBranch(nn.Module):
+    """K iterations of the integrator dynamics for one layer. Holds the layer's equilibrium
+    (mu_global [D], mu_group [D/G] when hierarchical), its excitation parameters and — when the
+    controller is not shared — its own controller.
+
+    Runtime attributes (not config, may be changed on a built model):
+    `adaptive_stopping`, `min_iterations`, `stop_threshold`; after an adaptive forward
+    `last_iterations` [B, T] holds the iterations used per token; when `trace` is a list, every
+    iteration appends {"energy", "update"} (per-token tensors, for convergence plots)."""
+
+    def __init__(self, cfg: INLConfig, layer: int, own_controller: bool):
+        super().__init__()
+        d = cfg.d_model
+        self.layer = layer
+        self.d_model = d
+        self.num_iterations = cfg.num_iterations
+        self.dt = cfg.dt
+        self.group_size = cfg.group_size if cfg.hierarchical_equilibrium else 0
+        self.mu_global = nn.Parameter(torch.zeros(d))
+        self.mu_group = nn.Parameter(torch.zeros(d // cfg.group_size)) if self.group_size else None
+        self.excitation_sparsity = cfg.excitation_sparsity
+        if cfg.excitation_sparsity > 0:
+            self.excitation_amplitude = nn.Parameter(torch.full((d,), 0.05))
+            self.excitation_frequency = nn.Parameter(torch.linspace(0.5, 2.0, d))
+        self.controller = IntegratorController(d, cfg.controller_rank) if own_controller else None
+        self.adaptive_stopping = cfg.adaptive_stopping
+        self.min_iterations = cfg.min_iterations
+        self.stop_threshold = cfg.stop_threshold
+        self.last_iterations: Optional[torch.Tensor] = None
+        self.trace: Optional[list] = None
+        self.track_convergence = cfg.convergence_weight > 0
+        # mean over iterations k > min_iterations of ||z_k - z_(k-1)||^2 / D (training, with grad)
+        self.last_update_sq: Optional[torch.Tensor] = None
+
+    def equilibrium(self) -> torch.Tensor:
+        """mu [D]."""
+        if self.mu_group is None:
+            return self.mu_global
+        return self.mu_global + self.mu_group.repeat_interleave(self.group_size)
+
+    def excitation(self, k: int, n: int, like: torch.Tensor) -> Optional[torch.Tensor]:
+        """Training only: a random `excitation_sparsity` fraction of (token, channel) pairs receives
+        amplitude * sin(frequency * k). None in eval mode or when disabled."""
+        if not self.training or self.excitation_sparsity <= 0:
+            return None
+        mask = torch.rand(n, self.d_model, device=like.device) < self.excitation_sparsity
+        wave = self.excitation_amplitude * torch.sin(self.excitation_frequency * (k + 1))
+        return mask.to(like.dtype) * wave.to(like.dtype)
+
+    def forward(self, z0: torch.Tensor, h: torch.Tensor, controller: Optional[IntegratorController] = None) -> torch.Tensor:
+        """z0 = LN_1(x) [B, T, D], context h [B, T, D] -> z_K [B, T, D]."""
+        ctrl = self.controller if self.controller is not None else controller
+        b, t, d = z0.shape
+        z = z0.reshape(b * t, d)
+        ctx = ctrl.context(h.reshape(b * t, d))  # [N, r], constant over iterations
+        mu = self.equilibrium()
+        if self.adaptive_stopping and not self.training and self.trace is None:
+            z, iters = self._adaptive(z, ctx, mu, ctrl)
+            self.last_iterations = iters.view(b, t)
+            return z.view(b, t, d)
+        v = None
+        tail: list[torch.Tensor] = []  # updates after min_iterations (convergence loss)
+        for k in range(self.num_iterations):
+            raw = ctrl(ctx, z, v, self.layer)
+            z_new, v = integrator_step(z, v, mu, raw, self.dt, self.excitation(k, z.shape[0], z))
+            if self.trace is not None:
+                self._record(raw, z, z_new, v, mu)
+            if self.track_convergence and self.training and k >= self.min_iterations:
+                tail.append((z_new - z).pow(2).mean())
+            z = z_new
+        self.last_iterations = None
+        self.last_update_sq = torch.stack(tail).mean() if tail else None
+        return z.view(b, t, d)
+
+    @torch.no_grad()
+    def _record(self, raw, z_old, z_new, v_new, mu) -> None:
+        _, _, _, v_target = controller_activations(raw)
+        self.trace.append({
+            "energy": ((z_new - mu).pow(2).sum(-1) + (v_new - v_target).pow(2).sum(-1)).float().cpu(),
+            "update": (z_new - z_old).norm(dim=-1).float().cpu(),
+        })
+
+    def _adaptive(self, z: torch.Tensor, ctx: torch.Tensor, mu: torch.Tensor, ctrl: IntegratorController):
+        """Per-token early stopping: after `min_iterations`, tokens with ||z_k - z_{k-1}|| < threshold
+        are written out and removed from the working set (gathered), so they cost nothing more."""
+        n = z.shape[0]
+        out = torch.empty_like(z)
+        iters = torch.full((n,), self.num_iterations, dtype=torch.int32, device=z.device)
+        idx = torch.arange(n, device=z.device)
+        v = None
+        for k in range(1, self.num_iterations + 1):
+            raw = ctrl(ctx, z, v, self.layer)
+            z_new, v = integrator_step(z, v, mu, raw, self.dt)
+            if self.min_iterations <= k < self.num_iterations:
+                done = (z_new - z).norm(dim=-1) < self.stop_threshold
+                if bool(done.any()):
+                    stopped = idx[done]
+                    out[stopped] = z_new[done]
+                    iters[stopped] = k
+                    keep = ~done
+                    idx, z_new, v, ctx = idx[keep], z_new[keep], v[keep], ctx[keep]
+                    if idx.numel() == 0:
+                        return out, iters
+            z = z_new
+        out[idx] = z
+        return out, iters
+
+
+class INLBlock(nn.Module):
+    def __init__(self, cfg: INLConfig, layer: int, rotary: Optional[RotaryEmbedding]):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg.d_model, cfg.n_head, cfg.dropout, cfg.bias, rotary)
+        self.ln_int = nn.LayerNorm(cfg.d_model)
+        self.integrator = IntegratorBranch(cfg, layer, own_controller=not cfg.shared_controller)
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.feedforward_dim > 0:
+            self.ln_ffn = nn.LayerNorm(cfg.d_model)
+            self.ffn = MLP(cfg.d_model, cfg.feedforward_dim, cfg.dropout, cfg.bias)
+        else:
+            self.ln_ffn = self.ffn = None
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None,
+                controller: Optional[IntegratorController] = None) -> torch.Tensor:
+        a = self.attn(self.ln_attn(x), cache)
+        x = x + a
+        x = x + self.drop(self.integrator(self.ln_int(x), a, controller))
+        if self.ffn is not None:
+            x = x + self.ffn(self.ln_ffn(x))
+        return x
+
+
+# --------------------------------------------------------------------------- the model
+@register_model("inl", INLConfig)
+class INLModel(nn.Module):
+    def __init__(self, cfg: INLConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        if cfg.lowrank_embeddings:
+            self.embed = LowRankEmbedding(cfg.vocab_size, cfg.embedding_rank, d)
+        else:
+            self.embed = TokenEmbedding(cfg.vocab_size, d)
+        rotary = None
+        if cfg.positions == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_positions(cfg.max_seq_len, d), persistent=False)
+        else:
+            rotary = RotaryEmbedding(d // cfg.n_head, cfg.max_seq_len)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.controller = IntegratorController(d, cfg.controller_rank, cfg.n_layer) if cfg.shared_controller else None
+        self.blocks = nn.ModuleList(INLBlock(cfg, i, rotary) for i in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = None if cfg.tie_embeddings else nn.Linear(d, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        for m in self.modules():  # controllers keep their own (small-output) initialisation
+            if isinstance(m, IntegratorController):
+                m.reset_parameters()
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    @property
+    def context_length(self) -> int:
+        return self.cfg.max_seq_len
+
+    def integrators(self) -> list[IntegratorBranch]:
+        return [blk.integrator for blk in self.blocks]
+
+    def set_adaptive_stopping(self, enabled: bool, threshold: Optional[float] = None,
+                              min_iterations: Optional[int] = None) -> None:
+        """Switch per-token adaptive stopping (used in eval mode only) on a built model."""
+        for it in self.integrators():
+            it.adaptive_stopping = enabled
+            if threshold is not None:
+                it.stop_threshold = threshold
+            if min_iterations is not None:
+                it.min_iterations = min_iterations
+
+    def iterations_used(self) -> Optional[torch.Tensor]:
+        """[L, B, T] iterations per token of the last adaptive forward (None otherwise)."""
+        its = [it.last_iterations for it in self.integrators()]
+        return None if any(x is None for x in its) else torch.stack(its)
+
+    def aux_loss(self) -> torch.Tensor:
+        """convergence_weight x mean over layers of the last training forward's mean ||z_k - z_(k-1)||^2 / D
+        for the iterations after min_iterations: teaches the integrator to settle early, which is what lets per-token adaptive
+        stopping skip work at inference. Zero when disabled. Add it to the language-model loss."""
+        terms = [it.last_update_sq for it in self.integrators() if it.last_update_sq is not None]
+        if self.cfg.convergence_weight <= 0 or not terms:
+            return torch.zeros((), device=self.ln_f.weight.device)
+        return self.cfg.convergence_weight * torch.stack(terms).mean()
+
+    def new_caches(self) -> list[KVCache]:
+        return [KVCache() for _ in self.blocks]
+
+    def forward(self, input_ids: torch.Tensor, caches: Optional[list[KVCache]] = None) -> torch.Tensor:
+        """input_ids [B, T] -> logits [B, T, V]. With `caches` (one per layer) the tokens continue
+        after the cached ones and the caches are extended."""
+        b, t = input_ids.shape
+        offset = caches[0].length if caches else 0
+        if offset + t > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {offset + t} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+        x = self.embed(input_ids)  # [B, T, D]
+        if self.cfg.positions == "sinusoidal":
+            x = x + self.pos_table[offset : offset + t].to(x.dtype)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, caches[i] if caches else None, self.controller)
+        x = self.ln_f(x)
+        return self.embed.logits(x) if self.head is None else self.head(x)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, do_sample: bool = False,
+                 use_cache: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return generate(self, input_ids, max_new_tokens, temperature, top_k, top_p, do_sample, use_cache, generator)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward = 3 x forward), matmuls and attention scores.
+        Per layer: attention 4 D^2, FFN 2 D F, integrator K x (2D r + r 4D) + D r (context, once)."""
+        c = self.cfg
+        d, r, k = c.d_model, c.controller_rank, c.num_iterations
+        per_layer = 4 * d * d + 2 * d * c.feedforward_dim + k * (2 * d * r + 4 * d * r) + d * r
+        emb = c.embedding_rank * d if c.lowrank_embeddings else 0
+        head = (c.embedding_rank * d + c.embedding_rank * c.vocab_size) if (c.tie_embeddings and c.lowrank_embeddings) \
+            else d * c.vocab_size
+        attention = c.n_layer * 2 * seq_len * d
+        return 3 * 2 * (c.n_layer * per_layer + emb + head + attention)
+
+
+# --------------------------------------------------------------------------- decoding
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                  top_p: Optional[float] = None) -> torch.Tensor:
+    """logits [B, V] -> temperature-scaled logits with -inf outside top-k / nucleus top-p."""
+    logits = logits / max(temperature, 1e-8)
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        remove = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
+        remove[..., 0] = False
+        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+    return logits
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                      top_p: Optional[float] = None, do_sample: bool = False,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """logits [B, V] -> next ids [B, 1]; greedy unless `do_sample`."""
+    if not do_sample:
+        return logits.argmax(-1, keepdim=True)
+    probs = filter_logits(logits.float(), temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, do_sample: bool = False,
+             use_cache: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Autoregressive decoding: [B, T0] -> [B, T0 + max_new_tokens]. With `use_cache` the prompt is
+    run once and every later step feeds only the new token (attention reads the KV cache, the
+    integrator runs for that token only); without it every step re-runs the whole sequence."""
+    was_training = model.training
+    model.eval()
+    try:
+        ids = input_ids
+        caches = model.new_caches() if use_cache else None
+        logits = model(ids, caches)[:, -1]
+        for step in range(max_new_tokens):
+            nxt = sample_next_token(logits, temperature, top_k, top_p, do_sample, generator)
+            ids = torch.cat([ids, nxt], dim=1)
+            if step == max_new_tokens - 1:
+                break
+            logits = (model(nxt, caches) if use_cache else model(ids))[:, -1]
+        return ids
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------- summary
+COMPONENTS = ("embeddings", "blocks.attn", "blocks.integrator", "blocks.ffn", "shared_controller", "norms", "head")
+
+
+def component_of(name: str) -> str:
+    """Map a parameter name of INLModel to its component (one of COMPONENTS)."""
+    if name.startswith("embed."):
+        return "embeddings"
+    if name.startswith("controller."):
+        return "shared_controller"
+    if name.startswith("head."):
+        return "head"
+    if name.startswith("ln_f.") or ".ln_" in name:
+        return "norms"
+    for part in ("attn", "integrator", "ffn"):
+        if f".{part}." in name:
+            return f"blocks.{part}"
+    raise KeyError(name)
+
+
+def parameter_breakdown(model: nn.Module) -> dict[str, int]:
+    """Parameters per component (works on the meta device)."""
+    counts = dict.fromkeys(COMPONENTS, 0)
+    for name, p in model.named_parameters():
+        counts[component_of(name)] += p.numel()
+    return counts
+
+
+from . import hf_integrator  # noqa: E402,F401  (registers "hf_inl"; imports transformers lazily)
