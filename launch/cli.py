@@ -96,8 +96,8 @@ def cmd_demo(args) -> int:
     data_dir = root / "data"
     if not (data_dir / "manifest.json").exists():
         print(f"preparing the demo corpus (Shakespeare, characters) into {data_dir}")
-        prepare_corpus([str(DEMO_CORPUS)], data_dir, tokenizer="char", seq_len=128, val_fraction=0.02,
-                       samples_per_shard=128)
+        prepare_corpus([str(DEMO_CORPUS)], data_dir, tokenizer="char", seq_len=128, val_fraction=0.05,
+                       samples_per_shard=64)
     run_dir = root / "run"
     overrides = [f"data.path={data_dir}", f"trainer.run_dir={run_dir}", *args.overrides]
     cfg = resolved(load_config(REPO_CONFIGS / "demo.yaml", overrides))
@@ -115,6 +115,14 @@ def cmd_demo(args) -> int:
         ckpt = CheckpointManager(run_dir / "checkpoints")
         run_id = (run_dir / "mlflow_run_id").read_text().strip()
         db = run_dir / "mlflow.db"
+        import torch
+
+        from .inference import encode_prompt, load_trained_model
+
+        model, tokenizer, _ = load_trained_model(run_dir)
+        sample = model.generate(encode_prompt(tokenizer, "ROMEO:"), 200, temperature=0.8, do_sample=True,
+                                generator=torch.Generator().manual_seed(0))
+        print("\nsample:\n" + tokenizer.decode(sample[0].tolist()))
         print("\ndemo finished")
         print(f"  checkpoint : {ckpt.root / ckpt.latest_tag()}")
         print(f"  metrics    : {run_dir / 'metrics.jsonl'}")
@@ -122,6 +130,35 @@ def cmd_demo(args) -> int:
         print(f"  MLflow UI  : .venv/bin/mlflow ui --backend-store-uri sqlite:///{db} --port 5000   "
               "(then open http://127.0.0.1:5000)")
     return code
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .inference import encode_prompt, load_trained_model
+
+    model, tokenizer, _ = load_trained_model(args.run, args.checkpoint)
+    if not hasattr(model, "generate"):
+        raise ConfigError(f"model.arch={model.cfg.arch} has no generate()")
+    generator = torch.Generator().manual_seed(args.seed)
+    out = model.generate(encode_prompt(tokenizer, args.prompt), args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, do_sample=not args.greedy, generator=generator)
+    print(tokenizer.decode(out[0].tolist()))
+    return 0
+
+
+def cmd_convergence(args) -> int:
+    from model.inl_convergence import plot_convergence
+
+    from .inference import encode_prompt, load_trained_model
+
+    model, tokenizer, _ = load_trained_model(args.run, args.checkpoint)
+    if model.cfg.arch != "inl":
+        raise ConfigError(f"convergence plots need an INL model, the run has model.arch={model.cfg.arch}")
+    ids = encode_prompt(tokenizer, args.prompt)
+    path = plot_convergence(model, ids, args.out, tokens=[tokenizer.decode([i]) for i in ids[0].tolist()])
+    print(f"wrote {path}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_commands(sub.add_parser("data", help="prepare and verify token shards").add_subparsers(
         dest="data_command", required=True))
+
+    gen = sub.add_parser("generate", help="sample text from a trained run")
+    gen.add_argument("--run", required=True, help="run directory (trainer.run_dir)")
+    gen.add_argument("--checkpoint", default="latest")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--greedy", action="store_true")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=cmd_generate)
+
+    conv = sub.add_parser("convergence", help="plot an INL model's integrator energy per layer and iteration (PNG)")
+    conv.add_argument("--run", required=True)
+    conv.add_argument("--checkpoint", default="latest")
+    conv.add_argument("--prompt", required=True)
+    conv.add_argument("--out", default="convergence.png")
+    conv.set_defaults(func=cmd_convergence)
 
     demo = sub.add_parser("demo", help="prepare Shakespeare and train a small char model on 2 processes")
     demo.add_argument("--run-root", default="runs/demo")

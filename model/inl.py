@@ -30,6 +30,7 @@ from pydantic import Field, model_validator
 
 from kernels.integrator import INIT_RAW_BIAS, controller_activations, integrator_step
 
+from .generation import generate
 from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, sinusoidal_positions
 from .registry import ModelConfig, register_model
 
@@ -205,14 +206,18 @@ class IntegratorBranch(nn.Module):
             return self.mu_global
         return self.mu_global + self.mu_group.repeat_interleave(self.group_size)
 
-    def excitation(self, k: int, n: int, like: torch.Tensor) -> Optional[torch.Tensor]:
-        """Training only: a random `excitation_sparsity` fraction of (token, channel) pairs receives
-        amplitude * sin(frequency * k). None in eval mode or when disabled."""
+    def excitation_mask(self, n: int, like: torch.Tensor) -> Optional[torch.Tensor]:
+        """Training only: the random `excitation_sparsity` fraction of (token, channel) pairs excited
+        during this forward ([N, D] 0/1 in like's dtype). None in eval mode or when disabled."""
         if not self.training or self.excitation_sparsity <= 0:
             return None
-        mask = torch.rand(n, self.d_model, device=like.device) < self.excitation_sparsity
-        wave = self.excitation_amplitude * torch.sin(self.excitation_frequency * (k + 1))
-        return mask.to(like.dtype) * wave.to(like.dtype)
+        return (torch.rand(n, self.d_model, device=like.device) < self.excitation_sparsity).to(like.dtype)
+
+    def excitation(self, k: int, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Harmonic excitation of iteration k on the masked pairs: mask * amplitude * sin(frequency * (k+1))."""
+        if mask is None:
+            return None
+        return mask * (self.excitation_amplitude * torch.sin(self.excitation_frequency * (k + 1))).to(mask.dtype)
 
     def forward(self, z0: torch.Tensor, h: torch.Tensor, controller: Optional[IntegratorController] = None) -> torch.Tensor:
         """z0 = LN_1(x) [B, T, D], context h [B, T, D] -> z_K [B, T, D]."""
@@ -227,9 +232,10 @@ class IntegratorBranch(nn.Module):
             return z.view(b, t, d)
         v = None
         tail: list[torch.Tensor] = []  # updates after min_iterations (convergence loss)
+        mask = self.excitation_mask(z.shape[0], z)
         for k in range(self.num_iterations):
             raw = ctrl(ctx, z, v, self.layer)
-            z_new, v = integrator_step(z, v, mu, raw, self.dt, self.excitation(k, z.shape[0], z))
+            z_new, v = integrator_step(z, v, mu, raw, self.dt, self.excitation(k, mask))
             if self.trace is not None:
                 self._record(raw, z, z_new, v, mu)
             if self.track_convergence and self.training and k >= self.min_iterations:
@@ -401,57 +407,6 @@ class INLModel(nn.Module):
         return 3 * 2 * (c.n_layer * per_layer + emb + head + attention)
 
 
-# --------------------------------------------------------------------------- decoding
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
-                  top_p: Optional[float] = None) -> torch.Tensor:
-    """logits [B, V] -> temperature-scaled logits with -inf outside top-k / nucleus top-p."""
-    logits = logits / max(temperature, 1e-8)
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0.0 < top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        remove = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
-        remove[..., 0] = False
-        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
-    return logits
-
-
-def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
-                      top_p: Optional[float] = None, do_sample: bool = False,
-                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """logits [B, V] -> next ids [B, 1]; greedy unless `do_sample`."""
-    if not do_sample:
-        return logits.argmax(-1, keepdim=True)
-    probs = filter_logits(logits.float(), temperature, top_k, top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)
-
-
-@torch.no_grad()
-def generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: Optional[int] = None, top_p: Optional[float] = None, do_sample: bool = False,
-             use_cache: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Autoregressive decoding: [B, T0] -> [B, T0 + max_new_tokens]. With `use_cache` the prompt is
-    run once and every later step feeds only the new token (attention reads the KV cache, the
-    integrator runs for that token only); without it every step re-runs the whole sequence."""
-    was_training = model.training
-    model.eval()
-    try:
-        ids = input_ids
-        caches = model.new_caches() if use_cache else None
-        logits = model(ids, caches)[:, -1]
-        for step in range(max_new_tokens):
-            nxt = sample_next_token(logits, temperature, top_k, top_p, do_sample, generator)
-            ids = torch.cat([ids, nxt], dim=1)
-            if step == max_new_tokens - 1:
-                break
-            logits = (model(nxt, caches) if use_cache else model(ids))[:, -1]
-        return ids
-    finally:
-        model.train(was_training)
-
-
 # --------------------------------------------------------------------------- summary
 COMPONENTS = ("embeddings", "blocks.attn", "blocks.integrator", "blocks.ffn", "shared_controller", "norms", "head")
 
@@ -480,4 +435,3 @@ def parameter_breakdown(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-from . import hf_integrator  # noqa: E402,F401  (registers "hf_inl"; imports transformers lazily)

@@ -36,10 +36,6 @@ def _integrators(model: nn.Module) -> list[IntegratorBranch]:
     return sorted(its, key=lambda m: m.layer)
 
 
-def _call(model: nn.Module, ids: torch.Tensor) -> None:
-    model(ids)
-
-
 @torch.no_grad()
 def trace_convergence(model: nn.Module, input_ids: torch.Tensor, threshold: Optional[float] = None,
                       min_iterations: Optional[int] = None) -> ConvergenceTrace:
@@ -53,7 +49,7 @@ def trace_convergence(model: nn.Module, input_ids: torch.Tensor, threshold: Opti
     try:
         for it in its:
             it.trace = []
-        _call(model, ids)
+        model(ids)
         energy = torch.stack([torch.stack([r["energy"].mean() for r in it.trace]) for it in its])
         update = torch.stack([torch.stack([r["update"].mean() for r in it.trace]) for it in its])
         for it in its:
@@ -63,7 +59,7 @@ def trace_convergence(model: nn.Module, input_ids: torch.Tensor, threshold: Opti
                 it.stop_threshold = threshold
             if min_iterations is not None:
                 it.min_iterations = min_iterations
-        _call(model, ids)
+        model(ids)
         iterations = torch.stack([it.last_iterations[0] for it in its]).cpu()
         thr, mi = its[0].stop_threshold, its[0].min_iterations
     finally:

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
+from .generation import generate
 from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, sinusoidal_positions
 from .registry import ModelConfig, register_model
 
@@ -83,6 +84,15 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, caches[i] if caches else None)
         return self.ln_f(x) @ self.embed.weight.T  # tied head
+
+    @property
+    def context_length(self) -> int:
+        return self.cfg.max_seq_len
+
+    def new_caches(self) -> list[KVCache]:
+        return [KVCache() for _ in self.blocks]
+
+    generate = generate  # KV-cached decoding (model/generation.py)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3 x forward): matmuls plus attention."""

@@ -11,7 +11,7 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -52,6 +52,14 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
+def training_loss(engine, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LM loss, loss to optimize): models may add an auxiliary term through `aux_loss()`
+    (e.g. INL's convergence penalty that makes adaptive stopping pay off)."""
+    loss = lm_loss(engine(batch[:, :-1]), batch[:, 1:])
+    aux = getattr(engine.module, "aux_loss", None)
+    return loss, (loss + aux() if aux is not None else loss)
+
+
 def global_mean(value: torch.Tensor) -> float:
     value = value.detach().float().clone()
     dist.all_reduce(value)
@@ -75,10 +83,13 @@ def evaluate(engine, loader: StreamingTokenLoader, char_level: bool) -> dict[str
     return out
 
 
-def train(cfg, resume: Optional[str] = None) -> list[dict]:
+def train(cfg, resume: Optional[str] = None,
+          on_checkpoint: Optional[Callable[[int, Path, dict], None]] = None) -> list[dict]:
     """Train `cfg` (a validated `launch.config.NeuroGraphConfig`) on this rank.
 
     `resume`: None for a new run, else `latest`, a step number or a checkpoint tag.
+    `on_checkpoint(step, path, record)`: called on every rank after a checkpoint is published
+    (a launcher hands it to its cluster manager).
     Returns the per-step records (rank 0's view; identical on every rank)."""
     rank, world = setup_distributed()
     t = cfg.trainer
@@ -106,7 +117,8 @@ def train(cfg, resume: Optional[str] = None) -> list[dict]:
     tracker = None
     if rank == 0 and cfg.tracking.enabled:
         tracker = MLflowTracker(cfg.tracking.uri, cfg.tracking.experiment, run_dir)
-        run_id = tracker.start(run_id, cfg.tracking.run_name, flatten_params(cfg.model_dump(mode="json")))
+        run_id = tracker.start(run_id, cfg.tracking.run_name, flatten_params(cfg.model_dump(mode="json")),
+                               config_file=_existing(run_dir / "config.yaml"))
         (run_dir / "mlflow_run_id").write_text(run_id)
     records = _metrics_so_far(run_dir, step) if rank == 0 else []
 
@@ -120,8 +132,8 @@ def train(cfg, resume: Optional[str] = None) -> list[dict]:
         loss_sum = torch.zeros(())
         for _ in range(t.grad_accum_steps):
             batch = next(batches)  # [mb, T+1]
-            loss = lm_loss(engine(batch[:, :-1]), batch[:, 1:])
-            engine.backward(loss)
+            loss, objective = training_loss(engine, batch)
+            engine.backward(objective)
             engine.step()
             loss_sum += loss.detach()
         step += 1
@@ -151,10 +163,16 @@ def train(cfg, resume: Optional[str] = None) -> list[dict]:
             path = checkpoints.save(engine, step, {"step": step, "data": loader.state_dict(), "mlflow_run_id": run_id})
             if rank == 0:
                 log.info("checkpoint %s", path)
+            if on_checkpoint is not None:
+                on_checkpoint(step, path, record)
     if tracker:
         tracker.finish()
     dist.barrier()
     return records
+
+
+def _existing(path: Path) -> Optional[Path]:
+    return path if path.exists() else None
 
 
 def _metrics_so_far(run_dir: Path, step: int) -> list[dict]:

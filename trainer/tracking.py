@@ -50,8 +50,10 @@ class MLflowTracker:
         self._skip_through = -1
         self._warned = False
 
-    def start(self, run_id: Optional[str], run_name: Optional[str], params: dict) -> str:
-        """Create a run (logging params) or continue `run_id`; returns the run id."""
+    def start(self, run_id: Optional[str], run_name: Optional[str], params: dict,
+              config_file: Optional[Path] = None) -> str:
+        """Create a run (logging params and the resolved config file) or continue `run_id`;
+        returns the run id."""
         if run_id is not None:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -72,6 +74,8 @@ class MLflowTracker:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
+        if config_file is not None:
+            self.client.log_artifact(self.run_id, str(config_file))
         return self.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:

@@ -2,7 +2,6 @@
 decoding, excitation, drop-in configs and the convergence plot."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,8 @@ import yaml
 
 from kernels.integrator import integrator_dynamics, is_stable, linear_dynamics_matrix, spectral_radius
 from model import build_model, parse_model_config
-from model.inl import (INLModel, IntegratorController, filter_logits, generate, parameter_breakdown)
+from model.generation import filter_logits, generate
+from model.inl import INLModel, IntegratorController, parameter_breakdown
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -168,12 +168,12 @@ def test_excitation_only_in_training_mode():
     model = tiny(excitation_sparsity=0.1, dropout=0.0)
     ids = torch.randint(0, 97, (2, 24))
     model.eval()
-    assert model.blocks[0].integrator.excitation(0, 4, torch.zeros(4, 64)) is None
+    assert model.blocks[0].integrator.excitation_mask(4, torch.zeros(4, 64)) is None
     with torch.no_grad():
         e1, e2 = model(ids), model(ids)
     assert torch.equal(e1, e2)
     model.train()
-    mask_like = model.blocks[0].integrator.excitation(0, 2000, torch.zeros(2000, 64))
+    mask_like = model.blocks[0].integrator.excitation(0, model.blocks[0].integrator.excitation_mask(2000, torch.zeros(2000, 64)))
     assert mask_like is not None and 0.08 < (mask_like != 0).float().mean().item() < 0.12
     torch.manual_seed(1)
     t1 = model(ids)

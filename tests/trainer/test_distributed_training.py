@@ -22,7 +22,7 @@ def train(tmp_path: Path, data_dir: Path, name: str, *overrides: str, resume: bo
     cfg = {
         "model": {"arch": "transformer", "d_model": 48, "n_layer": 2, "n_head": 4, "d_ff": 96, "max_seq_len": 64},
         "data": {"path": str(data_dir), "seq_len": 64},
-        "trainer": {"max_steps": STEPS, "micro_batch_size": 4, "lr": 3e-3, "schedule": "cosine", "warmup_steps": 3,
+        "trainer": {"max_steps": STEPS, "micro_batch_size": 4, "lr": 3e-3, "schedule": "onecycle", "warmup_steps": 3,
                     "eval_every": 0, "eval_batches": 2, "log_every": 4, "seed": 7, "run_dir": str(run_dir)},
         "tracking": {"experiment": "tests"},
     }
@@ -52,11 +52,19 @@ def test_two_ranks_zero2_and_zero3_match_one_rank(tmp_path, char_data):
     assert max(abs(a - b) for a, b in zip(single, zero2)) < 1e-5, (single, zero2)
     assert max(abs(a - b) for a, b in zip(single, zero3)) < 1e-5, (single, zero3)
 
+    # The sharded checkpoints consolidate to the same full weights whatever the ZeRO stage.
+    from launch.inference import load_trained_model
+
+    weights = [load_trained_model(tmp_path / name)[0].state_dict() for name in ("single", "zero2", "zero3")]
+    for other in weights[1:]:
+        assert max((weights[0][k] - other[k]).abs().max().item() for k in weights[0]) < 1e-5
+
 
 def test_exact_resume_two_ranks(tmp_path, char_data):
     """Stop after step 5 (checkpoint), resume: steps 6..12 equal an uninterrupted run within 1e-6,
     and the resumed run continues the same MLflow run."""
-    common = ("trainer.num_processes=2", "deepspeed.zero_stage=2", "data.num_workers=2", "model.dropout=0.1")
+    common = ("trainer.num_processes=2", "deepspeed.zero_stage=2", "data.num_workers=2", "model.dropout=0.1",
+              "trainer.schedule=cosine")
     full = train(tmp_path, char_data, "full", *common)
     first = train(tmp_path, char_data, "resumed", *common, "trainer.exit_after=5", "trainer.checkpoint_every=4")
     assert [r["step"] for r in first] == [1, 2, 3, 4, 5]
@@ -71,3 +79,6 @@ def test_exact_resume_two_ranks(tmp_path, char_data):
     client = MlflowClient(f"sqlite:///{tmp_path / 'resumed' / 'mlflow.db'}")
     history = client.get_metric_history(run_id, "train/loss")
     assert sorted(m.step for m in history) == list(range(1, STEPS + 1))  # one run, no step twice
+    run = client.get_run(run_id)
+    assert run.data.params["trainer.schedule"] == "cosine" and run.data.params["deepspeed.zero_stage"] == "2"
+    assert "config.yaml" in [a.path for a in client.list_artifacts(run_id)]

@@ -1,0 +1,164 @@
+"""Selective SSM block (Mamba-1, SPEC section 1) with a recurrent step for decoding.
+
+The block maps x [..., T, D] -> [..., T, D]; every leading index is an independent sequence
+(the INN passes [B, N, T, D]: neurons ride along as batch). Options used by the INN to
+break neuron symmetry (both off by default, then the block is the plain Mamba-1 block):
+- `n_neurons` + `per_neuron_conv`: one depthwise conv kernel per neuron, weight [N, d_inner, K],
+  applied to inputs whose dim -3 is the neuron axis.
+- `n_neurons` + `adapter_rank` r > 0: per-neuron low-rank adapter on in_proj,
+  in_proj(x) + (x U_n) V_n with U [N, D, r] (random) and V [N, r, 2 d_inner] (zero at init).
+
+The scan itself lives in kernels/selective_scan.py; this module calls its dispatch only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels.selective_scan import selective_scan
+
+
+def no_weight_decay(param: nn.Parameter) -> nn.Parameter:
+    """Mark a parameter to be left out of weight decay (trainers check `_no_weight_decay`)."""
+    param._no_weight_decay = True
+    return param
+
+
+@dataclass
+class MambaState:
+    """Recurrent state of one block: the last K-1 conv inputs and the SSM state.
+    conv [..., K-1, d_inner]; ssm [..., d_inner, S] (fp32)."""
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+class MambaBlock(nn.Module):
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: Optional[int] = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
+                 n_neurons: int = 0, per_neuron_conv: bool = False, adapter_rank: int = 0,
+                 scan_impl: str = "auto", chunk_size: int = 64):
+        super().__init__()
+        if (per_neuron_conv or adapter_rank) and n_neurons <= 0:
+            raise ValueError("per-neuron options need n_neurons > 0")
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = d_inner = expand * d_model
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.n_neurons = n_neurons
+        self.scan_impl, self.chunk_size = scan_impl, chunk_size
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
+        # Depthwise causal conv, stored as [(N,) d_inner, K]; applied as K shifted multiply-adds
+        # in [..., T, d_inner] layout (no transposes, per-neuron kernels by broadcasting).
+        conv_shape = (n_neurons, d_inner, d_conv) if per_neuron_conv else (d_inner, d_conv)
+        bound = 1.0 / math.sqrt(d_conv)  # nn.Conv1d's default init for a depthwise kernel
+        self.conv_weight = nn.Parameter(torch.empty(conv_shape).uniform_(-bound, bound))
+        self.conv_bias = nn.Parameter(torch.empty(conv_shape[:-1]).uniform_(-bound, bound)) if conv_bias else None
+        if adapter_rank > 0:
+            self.adapter_down = nn.Parameter(torch.randn(n_neurons, d_model, adapter_rank) / math.sqrt(d_model))
+            self.adapter_up = nn.Parameter(torch.zeros(n_neurons, adapter_rank, 2 * d_inner))
+        else:
+            self.adapter_down = self.adapter_up = None
+        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+        dt_std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)
+        # dt bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max].
+        dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias._no_reinit = True
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)  # [d_inner, S]
+        self.A_log = no_weight_decay(nn.Parameter(torch.log(A)))
+        self.D = no_weight_decay(nn.Parameter(torch.ones(d_inner)))
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+
+    # -- pieces shared by forward and step ---------------------------------------------------
+    def _in_proj(self, x: torch.Tensor) -> torch.Tensor:
+        xz = self.in_proj(x)  # [..., (T,) 2 d_inner]
+        if self.adapter_up is not None:
+            # x [B, N, T, D] (forward) or [B, N, D] (step): the neuron axis is dim 1.
+            spec = "bntd,ndr,nre->bnte" if x.dim() == 4 else "bnd,ndr,nre->bne"
+            xz = xz + torch.einsum(spec, x, self.adapter_down, self.adapter_up)
+        return xz
+
+    def _ssm_params(self, x: torch.Tensor):
+        """x [..., d_inner] -> dt (pre-softplus, no bias) [..., d_inner], B, C [..., S]."""
+        dbc = self.x_proj(x)
+        dt, B, C = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.linear(dt, self.dt_proj.weight), B, C
+
+    def _conv_weight(self) -> torch.Tensor:
+        """Kernel as [(N, 1,) K, d_inner] so it broadcasts against [..., (N,) T, d_inner]."""
+        w = self.conv_weight.transpose(-1, -2)
+        return w[:, None] if w.dim() == 3 else w
+
+    def _conv_bias(self) -> Optional[torch.Tensor]:
+        b = self.conv_bias
+        return b[:, None] if (b is not None and b.dim() == 2) else b
+
+    # -- full sequence -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, return_state: bool = False):
+        """x [..., T, D] -> y [..., T, D], starting from a zero state; with `return_state`,
+        also the MambaState after the last token (to continue with `step`)."""
+        lead, t = x.shape[:-2], x.shape[-2]
+        xi, z = self._in_proj(x).chunk(2, dim=-1)  # [..., T, d_inner] each
+        K = self.d_conv
+        w = self._conv_weight()  # [(N, 1,) K, d_inner]
+        padded = F.pad(xi, (0, 0, K - 1, 0))
+        xc = sum(padded[..., k : k + t, :] * w[..., k, :] for k in range(K))
+        if self.conv_bias is not None:
+            xc = xc + self._conv_bias()
+        xc = F.silu(xc)
+        dt, B, C = self._ssm_params(xc)
+        flat = lambda v: v.reshape(-1, t, v.shape[-1]).transpose(1, 2)  # noqa: E731  [M, F, T]
+        y = selective_scan(
+            flat(xc), flat(dt), -torch.exp(self.A_log.float()), flat(B), flat(C), self.D.float(), flat(z),
+            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, return_last_state=return_state,
+            impl=self.scan_impl, chunk_size=self.chunk_size)
+        if return_state:
+            y, last = y
+        out = self.out_proj(y.transpose(1, 2).reshape(*lead, t, self.d_inner))
+        if not return_state:
+            return out
+        conv = padded[..., -(K - 1):, :] if K > 1 else xi[..., :0, :]
+        return out, MambaState(conv=conv.contiguous(), ssm=last.reshape(*lead, self.d_inner, self.d_state))
+
+    # -- one token -------------------------------------------------------------------------------
+    def init_state(self, batch_shape: tuple[int, ...], device=None, dtype=torch.float32) -> MambaState:
+        return MambaState(conv=torch.zeros(*batch_shape, self.d_conv - 1, self.d_inner, device=device, dtype=dtype),
+                          ssm=torch.zeros(*batch_shape, self.d_inner, self.d_state, device=device))
+
+    def step(self, x: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        """x [..., D] (one token per sequence) -> (y [..., D], new state). O(1) in sequence length."""
+        xi, z = self._in_proj(x).chunk(2, dim=-1)  # [..., d_inner]
+        window = torch.cat([state.conv, xi[..., None, :]], dim=-2)  # [..., K, d_inner]
+        w = self._conv_weight()
+        if w.dim() == 4:
+            w = w[:, 0]  # [N, K, d_inner] against window [B, N, K, d_inner]
+        xc = (window * w).sum(-2)
+        if self.conv_bias is not None:
+            xc = xc + self.conv_bias
+        xc = F.silu(xc)
+        dt, B, C = self._ssm_params(xc)
+        delta = F.softplus(dt.float() + self.dt_proj.bias.float())  # [..., d_inner]
+        A = -torch.exp(self.A_log.float())
+        h = torch.exp(delta[..., None] * A) * state.ssm + (delta * xc.float())[..., None] * B.float()[..., None, :]
+        y = (h * C.float()[..., None, :]).sum(-1) + self.D.float() * xc.float()
+        y = (y * F.silu(z.float())).to(x.dtype)
+        return self.out_proj(y), MambaState(conv=window[..., 1:, :], ssm=h)
+
+    def flops_per_token(self) -> float:
+        """Forward FLOPs per token of one sequence: matmuls, conv and the scan (9 per state element)."""
+        di, s, r = self.d_inner, self.d_state, self.dt_rank
+        matmul = self.d_model * 2 * di + di * (r + 2 * s) + r * di + di * self.d_model
+        if self.adapter_up is not None:
+            matmul += self.adapter_down.shape[-1] * (self.d_model + 2 * di)
+        return 2 * matmul + 2 * di * self.d_conv + 9 * di * s + 2 * di
