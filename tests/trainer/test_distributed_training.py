@@ -4,41 +4,11 @@ Each run is `neurograph train` in a subprocess (torchrun, 1 or 2 ranks); losses 
 from the run's metrics file."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-import yaml
+
+from .runs import STEPS, losses, train
 
 pytestmark = pytest.mark.slow
-
-STEPS = 12
-
-
-def train(tmp_path: Path, data_dir: Path, name: str, *overrides: str, resume: bool = False) -> list[dict]:
-    run_dir = tmp_path / name
-    cfg = {
-        "model": {"arch": "transformer", "d_model": 48, "n_layer": 2, "n_head": 4, "d_ff": 96, "max_seq_len": 64},
-        "data": {"path": str(data_dir), "seq_len": 64},
-        "trainer": {"max_steps": STEPS, "micro_batch_size": 4, "lr": 3e-3, "schedule": "onecycle", "warmup_steps": 3,
-                    "eval_every": 0, "eval_batches": 2, "log_every": 4, "seed": 7, "run_dir": str(run_dir)},
-        "tracking": {"experiment": "tests"},
-    }
-    config_file = tmp_path / f"{name}.yaml"
-    config_file.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "launch.cli", "train", "--config", str(config_file), *overrides]
-    if resume:
-        cmd.append("--resume")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def losses(records: list[dict]) -> list[float]:
-    return [r["train/loss"] for r in records]
-
 
 def test_two_ranks_zero2_and_zero3_match_one_rank(tmp_path, char_data):
     """Same global batch (8 sequences): 1 rank x 8 == 2 ranks x 4 under ZeRO-2 and ZeRO-3."""

@@ -1,0 +1,39 @@
+"""End-to-end training runs for tests: `neurograph train` in a subprocess (real torchrun ranks,
+real DeepSpeed engines on gloo), returning the records of the run's metrics file."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+TINY_TRANSFORMER = {"arch": "transformer", "d_model": 48, "n_layer": 2, "n_head": 4, "d_ff": 96, "max_seq_len": 64}
+
+STEPS = 12
+
+
+def train(tmp_path: Path, data_dir: Path, name: str, *overrides: str, resume: bool = False,
+          model: Optional[dict] = None) -> list[dict]:
+    run_dir = tmp_path / name
+    cfg = {
+        "model": model or TINY_TRANSFORMER,
+        "data": {"path": str(data_dir), "seq_len": 64},
+        "trainer": {"max_steps": STEPS, "micro_batch_size": 4, "lr": 3e-3, "schedule": "onecycle", "warmup_steps": 3,
+                    "eval_every": 0, "eval_batches": 2, "log_every": 4, "seed": 7, "run_dir": str(run_dir)},
+        "tracking": {"experiment": "tests"},
+    }
+    config_file = tmp_path / f"{name}.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "launch.cli", "train", "--config", str(config_file), *overrides]
+    if resume:
+        cmd.append("--resume")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(records: list[dict]) -> list[float]:
+    return [r["train/loss"] for r in records]
