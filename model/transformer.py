@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .generation import generate
 from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, sinusoidal_positions
@@ -26,6 +26,14 @@ class TransformerConfig(ModelConfig):
     @property
     def context_length(self) -> int:
         return self.max_seq_len
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+        if self.positions == "rope" and (self.d_model // self.n_head) % 2:
+            raise ValueError("rope needs an even head dimension")
+        return self
 
 
 class TransformerBlock(nn.Module):

@@ -51,6 +51,7 @@ BAD = [
     (["trainer.micro_batch_size=64", "trainer.num_processes=2"], "data.path", "streams need at least 128"),
     (["model.vocab_size=5"], "model.vocab_size", "smaller than the tokenizer's"),
     (["trainer.grad_accum_steps=0"], "trainer.grad_accum_steps", "greater than 0"),
+    (["model.n_head=5"], "model", "d_model 32 is not divisible by n_head 5"),
     (["trainer.schedule=linear"], "trainer.schedule", "'cosine', 'onecycle' or 'constant'"),
 ]
 
