@@ -19,6 +19,11 @@ def cmd_train(args) -> int:
     run_dir = Path(cfg.trainer.run_dir)
     from trainer.checkpoint import CheckpointManager
 
+    resume_from = getattr(args, "resume_from", None)
+    if resume_from is not None:
+        if args.resume is not None:
+            raise ConfigError("--resume and --resume-from exclude each other")
+        args.resume = _download_resume_checkpoint(cfg, resume_from)
     published = CheckpointManager(run_dir / "checkpoints").published()
     if args.resume is None and published:
         raise ConfigError(f"trainer.run_dir {run_dir} already holds checkpoints ({published[-1]}); "
@@ -29,10 +34,31 @@ def cmd_train(args) -> int:
     config_file = run_dir / "config.yaml"
     save_config(cfg, config_file)
     if cfg.launcher.kind == "ray":
-        raise ConfigError("launcher.kind=ray: the Ray launcher is not part of this release; use launcher.kind=local")
+        from .ray_launcher import launch_ray
+
+        return launch_ray(cfg, args.resume)
     from .local import launch_local
 
     return launch_local(cfg, config_file, args.resume)
+
+
+def _download_resume_checkpoint(cfg, source: str) -> str:
+    """`--resume-from mlflow:RUN_ID`: the run's newest checkpoint artifact, downloaded into
+    trainer.run_dir/checkpoints and published as `latest`; returns the tag to resume from
+    (the checkpoint carries the run id, so the same MLflow run continues)."""
+    scheme, _, run_id = source.partition(":")
+    if scheme != "mlflow" or not run_id:
+        raise ConfigError(f"--resume-from {source!r}: expected mlflow:RUN_ID")
+    if not cfg.tracking.uri:
+        raise ConfigError("--resume-from mlflow:RUN_ID needs tracking.uri (the MLflow server holding the run)")
+    from trainer.tracking import download_checkpoint
+
+    try:
+        tag = download_checkpoint(cfg.tracking.uri, run_id, Path(cfg.trainer.run_dir) / "checkpoints")
+    except Exception as err:  # unknown run, no checkpoint logged, server unreachable
+        raise ConfigError(f"--resume-from {source}: {err}") from None
+    logging.getLogger("neurograph").info("downloaded checkpoint %s of MLflow run %s", tag, run_id)
+    return tag
 
 
 def model_section(args) -> dict:
@@ -169,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True)
     train.add_argument("--resume", nargs="?", const="latest", default=None,
                        help="continue from a checkpoint of trainer.run_dir: latest (default), a step or a tag")
+    train.add_argument("--resume-from", default=None, metavar="mlflow:RUN_ID",
+                       help="download the newest checkpoint logged to an MLflow run and continue that run")
     train.add_argument("overrides", nargs="*", help="section.key=value")
     train.set_defaults(func=cmd_train)
 

@@ -47,3 +47,11 @@ class TrackingConfig(_Section):
     uri: Optional[str] = Field(None, description="MLflow tracking URI; default: sqlite store in the run directory")
     experiment: str = Field("neurograph", min_length=1)
     run_name: Optional[str] = None
+    checkpoint_artifacts_every: int = Field(
+        0, ge=0, description="log every k-th checkpoint (and the last of each invocation) as MLflow artifacts "
+                             "`checkpoints/<tag>`, so `--resume-from mlflow:RUN_ID` can continue the run; 0: off")
+    system_metrics_every: float = Field(10.0, ge=0, description="seconds between system metrics samples "
+                                                                "(system/cpu_percent, ...); 0: off")
+    retry_interval: float = Field(10.0, gt=0, description="seconds between retries while the server is unreachable")
+    finish_timeout: float = Field(60.0, ge=0, description="seconds to wait at the end of a run for an unreachable "
+                                                          "server before counting buffered points as dropped")

@@ -84,12 +84,17 @@ def evaluate(engine, loader: StreamingTokenLoader, char_level: bool) -> dict[str
 
 
 def train(cfg, resume: Optional[str] = None,
-          on_checkpoint: Optional[Callable[[int, Path, dict], None]] = None) -> list[dict]:
+          on_checkpoint: Optional[Callable[[int, Path, dict], None]] = None,
+          launch_id: Optional[str] = None) -> list[dict]:
     """Train `cfg` (a validated `launch.config.NeuroGraphConfig`) on this rank.
 
-    `resume`: None for a new run, else `latest`, a step number or a checkpoint tag.
+    `resume`: None for a new run, else `latest`, a step number or a checkpoint tag of
+    `trainer.run_dir`, or the absolute path of a checkpoint directory elsewhere (e.g. one a
+    cluster manager restored).
     `on_checkpoint(step, path, record)`: called on every rank after a checkpoint is published
     (a launcher hands it to its cluster manager).
+    `launch_id`: names one launch whose workers may be restarted before the first checkpoint;
+    the restarted rank 0 continues the MLflow run tagged with it.
     Returns the per-step records (rank 0's view; identical on every rank)."""
     rank, world = setup_distributed()
     t = cfg.trainer
@@ -107,18 +112,25 @@ def train(cfg, resume: Optional[str] = None,
     checkpoints = CheckpointManager(run_dir / "checkpoints", keep=t.keep_checkpoints)
     step, run_id = 0, None
     if resume is not None:
-        tag = checkpoints.resolve(resume)
-        state = checkpoints.load(engine, tag)
+        source = checkpoints
+        if os.path.isabs(resume) and Path(resume).is_dir():  # a checkpoint directory outside run_dir
+            source, tag = CheckpointManager(Path(resume).parent), Path(resume).name
+        else:
+            tag = checkpoints.resolve(resume)
+        state = source.load(engine, tag)
         step, run_id = state["step"], state.get("mlflow_run_id")
         loader.load_state_dict(state["data"])
         if rank == 0:
-            log.info("resumed from %s at step %d", checkpoints.root / tag, step)
+            log.info("resumed from %s at step %d", source.root / tag, step)
 
     tracker = None
     if rank == 0 and cfg.tracking.enabled:
-        tracker = MLflowTracker(cfg.tracking.uri, cfg.tracking.experiment, run_dir)
-        run_id = tracker.start(run_id, cfg.tracking.run_name, flatten_params(cfg.model_dump(mode="json")),
-                               config_file=_existing(run_dir / "config.yaml"))
+        tc = cfg.tracking
+        tracker = MLflowTracker(tc.uri, tc.experiment, run_dir, retry_interval=tc.retry_interval,
+                                system_metrics_every=tc.system_metrics_every)
+        run_id = tracker.start(run_id, tc.run_name, flatten_params(cfg.model_dump(mode="json")),
+                               config_file=_existing(run_dir / "config.yaml"), launch_id=launch_id,
+                               resume_step=step)
         (run_dir / "mlflow_run_id").write_text(run_id)
     records = _metrics_so_far(run_dir, step) if rank == 0 else []
 
@@ -163,12 +175,22 @@ def train(cfg, resume: Optional[str] = None,
             path = checkpoints.save(engine, step, {"step": step, "data": loader.state_dict(), "mlflow_run_id": run_id})
             if rank == 0:
                 log.info("checkpoint %s", path)
+                if tracker and _log_checkpoint_artifact(cfg, step, last):
+                    tracker.log_checkpoint(path, path.name)
             if on_checkpoint is not None:
                 on_checkpoint(step, path, record)
     if tracker:
-        tracker.finish()
+        tracker.finish(wait=cfg.tracking.finish_timeout)
     dist.barrier()
     return records
+
+
+def _log_checkpoint_artifact(cfg, step: int, last: bool) -> bool:
+    """Every k-th checkpoint (tracking.checkpoint_artifacts_every) and the last of this invocation."""
+    k, every = cfg.tracking.checkpoint_artifacts_every, cfg.trainer.checkpoint_every
+    if not k:
+        return False
+    return last or (bool(every) and (step // every) % k == 0)
 
 
 def _existing(path: Path) -> Optional[Path]:
@@ -181,9 +203,16 @@ def _metrics_so_far(run_dir: Path, step: int) -> list[dict]:
     path = run_dir / METRICS_FILE
     if not path.exists():
         return []
-    kept = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= step]
+    kept = [r for r in map(_parse_record, path.read_text().splitlines()) if r is not None and r["step"] <= step]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     return kept
+
+
+def _parse_record(line: str) -> Optional[dict]:
+    try:
+        return json.loads(line)
+    except ValueError:  # the last line of a process killed while writing it
+        return None
 
 
 def _append_metrics(run_dir: Path, record: dict) -> None:

@@ -1,13 +1,29 @@
 """MLflow tracking from rank 0, buffered so that an unreachable server never stops training.
 
 Metrics go to a local buffer and are sent in batches; when the server does not answer, a
-warning is logged, the batch stays buffered and is retried later. `finish()` reports how
-many points were dropped if the server never came back.
+warning is logged, the batch stays buffered (and is spilled to `<run_dir>/mlflow_pending.jsonl`,
+so that a process killed during an outage loses nothing either) and is retried later.
+`finish()` waits a while for the server and reports how many points were dropped if it never
+came back.
+
+One training run is one MLflow run, whatever happens to the processes:
+- the run id is part of every checkpoint, so a resumed run (`--resume`, a Ray Train restart,
+  `--resume-from mlflow:RUN_ID`) continues the same MLflow run;
+- a launcher that restarts workers before the first checkpoint passes a `launch_id`; the run
+  is tagged with it and found again;
+- steps already logged are not logged twice: points at steps up to the last step the server
+  holds are skipped (recomputed steps after a resume are identical anyway).
+
+Checkpoints can be logged as artifacts `checkpoints/<tag>`; the run tag
+`neurograph.latest_checkpoint` names the newest complete upload (it is set only after the
+upload finished), which `download_checkpoint` fetches on a machine without the files.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -15,6 +31,10 @@ from typing import Optional
 log = logging.getLogger("neurograph.tracking")
 
 _MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+LAUNCH_TAG = "neurograph.launch_id"
+LATEST_CHECKPOINT_TAG = "neurograph.latest_checkpoint"
+PENDING_FILE = "mlflow_pending.jsonl"
+_PROGRESS_METRIC = "train/loss"  # logged at every step: its history says which steps the server has
 
 
 def flatten_params(tree: dict, prefix: str = "") -> dict:
@@ -30,13 +50,17 @@ def default_tracking_uri(run_dir: str | Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
 
 
+def configure_mlflow_http(uri: Optional[str]) -> None:
+    """Fail fast instead of MLflow's minutes of HTTP retries: the tracker retries itself."""
+    if uri and uri.startswith("http"):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
 class MLflowTracker:
     def __init__(self, uri: Optional[str], experiment: str, run_dir: str | Path,
-                 retry_interval: float = 10.0):
-        if uri and uri.startswith("http"):
-            # Fail fast instead of MLflow's minutes of retries; we retry ourselves.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+                 retry_interval: float = 10.0, system_metrics_every: float = 0.0):
+        configure_mlflow_http(uri)
         from mlflow.tracking import MlflowClient
 
         self.run_dir = Path(run_dir)
@@ -44,30 +68,46 @@ class MLflowTracker:
         self.experiment = experiment
         self.client = MlflowClient(tracking_uri=self.uri)
         self.retry_interval = retry_interval
+        self.system_metrics_every = system_metrics_every
         self.run_id: Optional[str] = None
         self._pending: list = []
         self._next_try = 0.0
-        self._skip_through = -1
+        self._skip_through: Optional[int] = -1  # None: unknown until the server answers
         self._warned = False
+        self._next_sample = 0.0
+        self._failed_checkpoint: Optional[tuple[Path, str]] = None
+        self._spill_path = self.run_dir / PENDING_FILE
 
+    # ---- run -------------------------------------------------------------------------
     def start(self, run_id: Optional[str], run_name: Optional[str], params: dict,
-              config_file: Optional[Path] = None) -> str:
-        """Create a run (logging params and the resolved config file) or continue `run_id`;
-        returns the run id."""
+              config_file: Optional[Path] = None, launch_id: Optional[str] = None,
+              resume_step: Optional[int] = None) -> str:
+        """Create a run (logging params and the resolved config file) or continue `run_id`
+        (or the run tagged with `launch_id`); returns the run id. `resume_step`: the step the
+        training resumes from (spilled points after it are recomputed, so dropped)."""
+        if run_id is None and launch_id is not None:
+            run_id = self._find_launch(launch_id)
+            if run_id is not None:
+                log.info("continuing MLflow run %s of launch %s", run_id, launch_id)
         if run_id is not None:
             self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
-            # Steps logged before an interruption are not logged twice.
-            history = self.client.get_metric_history(run_id, "train/loss")
-            self._skip_through = max((m.step for m in history), default=-1)
+            self._skip_through = None
+            self._restore_spilled(resume_step)
+            try:
+                self.client.update_run(run_id, status="RUNNING")
+                self._learn_logged_steps()
+            except Exception as err:  # the server is down: buffer, dedup once it answers
+                self._unreachable(err)
             return run_id
+        self._spill_path.unlink(missing_ok=True)
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
             artifacts = (self.run_dir / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite") else None
             exp_id = self.client.create_experiment(self.experiment, artifact_location=artifacts)
         else:
             exp_id = exp.experiment_id
-        run = self.client.create_run(exp_id, run_name=run_name)
+        tags = {LAUNCH_TAG: launch_id} if launch_id else None
+        run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         from mlflow.entities import Param
 
@@ -76,37 +116,118 @@ class MLflowTracker:
             self.client.log_batch(self.run_id, params=items[i : i + 100])
         if config_file is not None:
             self.client.log_artifact(self.run_id, str(config_file))
+        self._skip_through = -1
         return self.run_id
 
+    def _find_launch(self, launch_id: str) -> Optional[str]:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is None:
+            return None
+        runs = self.client.search_runs([exp.experiment_id], filter_string=f"tags.`{LAUNCH_TAG}` = '{launch_id}'",
+                                       max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def _learn_logged_steps(self) -> None:
+        """Steps the server already holds are not logged twice."""
+        history = self.client.get_metric_history(self.run_id, _PROGRESS_METRIC)
+        self._skip_through = max((m.step for m in history), default=-1)
+        self._pending = [m for m in self._pending if m.step > self._skip_through]
+
+    # ---- metrics ---------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if step <= self._skip_through:
+        if self._skip_through is not None and step <= self._skip_through:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        points = [Metric(k, float(v), now, step) for k, v in {**metrics, **self._system_metrics()}.items()]
+        self._pending.extend(points)
+        if self._warned:
+            self._spill(points)
         self.flush()
+
+    def _system_metrics(self) -> dict[str, float]:
+        if not self.system_metrics_every or time.monotonic() < self._next_sample:
+            return {}
+        self._next_sample = time.monotonic() + self.system_metrics_every
+        try:
+            import psutil
+        except ImportError:
+            return {}
+        mem = psutil.virtual_memory()
+        return {"system/cpu_percent": psutil.cpu_percent(None), "system/memory_used_mb": mem.used / 2**20,
+                "system/memory_percent": mem.percent,
+                "system/process_rss_mb": psutil.Process().memory_info().rss / 2**20}
 
     def flush(self, force: bool = False) -> bool:
         """Send buffered metrics; False when some remain buffered."""
-        if not self._pending:
+        if not self._pending and self._skip_through is not None:
             return True
         if not force and time.monotonic() < self._next_try:
             return False
         try:
+            if self._skip_through is None:
+                self._learn_logged_steps()
             while self._pending:
                 self.client.log_batch(self.run_id, metrics=self._pending[:_MAX_BATCH])
                 del self._pending[:_MAX_BATCH]
         except Exception as err:  # any transport or server error: keep the points, retry later
-            self._next_try = time.monotonic() + self.retry_interval
-            if not self._warned:
-                log.warning("MLflow at %s unreachable (%s); buffering metrics and retrying", self.uri,
-                            type(err).__name__)
-                self._warned = True
+            self._unreachable(err)
             return False
         if self._warned:
-            log.warning("MLflow reachable again; buffered metrics delivered")
+            log.warning("MLflow at %s reachable again; buffered metrics delivered", self.uri)
             self._warned = False
+            self._spill_path.unlink(missing_ok=True)
+        return True
+
+    def _unreachable(self, err: Exception) -> None:
+        self._next_try = time.monotonic() + self.retry_interval
+        if not self._warned:
+            log.warning("MLflow at %s unreachable (%s); buffering metrics and retrying every %.0f s", self.uri,
+                        type(err).__name__, self.retry_interval)
+            self._warned = True
+            self._spill(self._pending, rewrite=True)
+
+    # ---- spill file: buffered points survive the process ------------------------------
+    def _spill(self, points: list, rewrite: bool = False) -> None:
+        try:
+            with open(self._spill_path, "w" if rewrite else "a") as f:
+                for m in points:
+                    f.write(json.dumps([m.key, m.value, m.timestamp, m.step]) + "\n")
+        except OSError as err:
+            log.warning("could not spill buffered metrics to %s: %s", self._spill_path, err)
+
+    def _restore_spilled(self, resume_step: Optional[int]) -> None:
+        if not self._spill_path.is_file():
+            return
+        from mlflow.entities import Metric
+
+        points = []
+        for line in self._spill_path.read_text().splitlines():
+            try:
+                key, value, timestamp, step = json.loads(line)
+            except ValueError:  # a line cut by the kill
+                continue
+            if resume_step is None or step <= resume_step:
+                points.append(Metric(key, value, timestamp, step))
+        if points:
+            log.info("re-sending %d metric points buffered by an earlier process", len(points))
+        self._pending = points + self._pending
+
+    # ---- checkpoints as artifacts ----------------------------------------------------
+    def log_checkpoint(self, path: str | Path, tag: str) -> bool:
+        """Upload a published checkpoint directory as `checkpoints/<tag>`, then mark it the
+        run's latest. A failed upload is retried once at `finish()` if the files still exist."""
+        try:
+            self.client.log_artifacts(self.run_id, str(path), f"checkpoints/{tag}")
+            self.client.set_tag(self.run_id, LATEST_CHECKPOINT_TAG, tag)
+        except Exception as err:
+            log.warning("could not log checkpoint %s to MLflow (%s): will retry at the end of the run", tag,
+                        type(err).__name__)
+            self._failed_checkpoint = (Path(path), tag)
+            return False
+        self._failed_checkpoint = None
+        log.info("checkpoint %s logged to MLflow run %s", tag, self.run_id)
         return True
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str) -> None:
@@ -122,9 +243,43 @@ class MLflowTracker:
             time.sleep(min(2.0, self.retry_interval))
         dropped = len(self._pending)
         if dropped:
-            log.warning("MLflow never came back: %d metric points dropped", dropped)
+            log.warning("MLflow never came back: %d metric points dropped (kept in %s)", dropped,
+                        self._spill_path)
+        if self._failed_checkpoint is not None and self._failed_checkpoint[0].is_dir():
+            self.log_checkpoint(*self._failed_checkpoint)
         try:
             self.client.set_terminated(self.run_id, status=status)
         except Exception as err:
             log.warning("could not mark the MLflow run %s: %s", status, err)
         return dropped
+
+
+def download_checkpoint(uri: str, run_id: str, checkpoints_root: str | Path) -> str:
+    """Fetch the newest checkpoint logged to MLflow run `run_id` into `checkpoints_root/<tag>`
+    (staged, then published atomically with `latest`); returns the tag."""
+    configure_mlflow_http(uri)
+    import mlflow.artifacts
+    from mlflow.tracking import MlflowClient
+
+    from .checkpoint import LATEST
+
+    client = MlflowClient(tracking_uri=uri)
+    tag = client.get_run(run_id).data.tags.get(LATEST_CHECKPOINT_TAG)
+    if tag is None:
+        raise FileNotFoundError(f"MLflow run {run_id} at {uri} has no logged checkpoint "
+                                "(tracking.checkpoint_artifacts_every was 0?)")
+    root = Path(checkpoints_root)
+    staging = root / ".staging" / f"mlflow_{tag}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"checkpoints/{tag}",
+                                                dst_path=str(staging), tracking_uri=uri)
+    target = root / tag
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(local, target)
+    shutil.rmtree(staging, ignore_errors=True)
+    tmp = root / (LATEST + ".tmp")
+    tmp.write_text(tag)
+    os.replace(tmp, root / LATEST)
+    return tag

@@ -1,0 +1,132 @@
+"""Ray Train launch: `launcher.ray.num_workers` Ray Train workers, each running the one
+trainer loop (`trainer.loop.train`) on its DeepSpeed engine.
+
+    neurograph train (driver, e.g. the entrypoint of `ray job submit`)
+      -> ray.init(launcher.ray.address | RAY_ADDRESS | a new local instance)
+      -> TorchTrainer(_train_loop_per_worker, ScalingConfig, RunConfig(FailureConfig, storage))
+           each worker: torch.distributed (gloo on CPU, NCCL on GPU) set up by Ray Train,
+           DeepSpeed joins that process group, trainer.loop.train(...)
+
+Checkpoints. Every rank writes its DeepSpeed shards into `trainer.run_dir/checkpoints`, which
+rank 0 publishes atomically (CheckpointManager); the run directory must therefore be on storage
+all nodes see (NFS or the like; on one machine any path). Each published checkpoint (every
+`trainer.checkpoint_every` steps: a report costs ~2 s on CPU) is then reported to Ray Train
+(`ray.train.report(metrics, checkpoint=...)`, uploaded by rank 0) and copied to
+`launcher.ray.storage_path` (a path or a URI such as s3://bucket/prefix; default
+`<run_dir>/ray`).
+
+Source of truth. Within one Ray job, Ray Train's latest reported checkpoint
+(`ray.train.get_checkpoint()`) is what restarted workers resume from (FailureConfig
+max_failures): model, optimizer, scheduler, data position, RNG and MLflow run id. Across jobs
+(a stopped job submitted again) the run directory is: `--resume` continues its `latest`, and
+`--resume-from mlflow:RUN_ID` first downloads the run's newest checkpoint into it. Each launch
+has its own Ray run name (`<run_dir name>-<time>`), so a new job never picks up an older job's
+Ray checkpoint behind the user's back.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from .config import NeuroGraphConfig
+
+log = logging.getLogger("neurograph.launch")
+
+PID_FILE = "ray_worker_rank{rank}.pid"  # in trainer.run_dir: the process of each Ray Train rank
+
+
+def _ray_address(cfg: NeuroGraphConfig) -> str:
+    """launcher.ray.address, else RAY_ADDRESS (set by `ray job submit`), else a new local instance."""
+    return cfg.launcher.ray.address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def worker_env(cfg: NeuroGraphConfig) -> dict[str, str]:
+    r = cfg.launcher.ray
+    env = {"PYTHONUNBUFFERED": "1"}
+    if r.gpus_per_worker == 0:
+        env["DS_ACCELERATOR"] = "cpu"
+        env["OMP_NUM_THREADS"] = str(max(1, int(r.cpus_per_worker)))
+    return env
+
+
+def launch_ray(cfg: NeuroGraphConfig, resume: Optional[str]) -> int:
+    """Train `cfg` (resolved: absolute paths) on a Ray cluster; returns the exit code."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    r = cfg.launcher.ray
+    run_dir = Path(cfg.trainer.run_dir)
+    address = _ray_address(cfg)
+    if address == "local":
+        # Ray Train's controller uses the state API, served by the dashboard (127.0.0.1 by default)
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(r.num_workers * r.cpus_per_worker)),
+                 log_to_driver=True)
+    else:
+        ray.init(address=address, log_to_driver=True)
+    name = f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = r.storage_path or str(run_dir / "ray")
+    use_gpu = r.gpus_per_worker > 0
+    resources = {"CPU": r.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = r.gpus_per_worker
+    trainer = TorchTrainer(
+        _train_loop_per_worker,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "resume": resume, "launch_id": name},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=use_gpu, resources_per_worker=resources,
+                                     placement_strategy=r.placement_strategy),
+        run_config=RunConfig(
+            name=name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.trainer.keep_checkpoints),
+            worker_runtime_env={"env_vars": worker_env(cfg)},
+        ),
+    )
+    log.info("Ray Train run %s: %d workers, checkpoints reported to %s", name, r.num_workers, storage)
+    try:
+        result = trainer.fit()
+    except Exception as err:  # TrainingFailedError once max_failures restarts are used up
+        log.error("Ray Train run %s failed: %s", name, err)
+        return 1
+    finally:
+        ray.shutdown()
+    if result.error is not None:
+        log.error("Ray Train run %s failed: %s", name, result.error)
+        return 1
+    log.info("Ray Train run %s finished; last checkpoint %s", name,
+             result.checkpoint.path if result.checkpoint else None)
+    return 0
+
+
+def _train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: the NeuroGraph trainer loop on a DeepSpeed engine."""
+    import ray.train
+
+    from trainer.loop import train
+
+    from .config import validate_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    cfg = validate_config(config["config"])
+    rank = ray.train.get_context().get_world_rank()
+    run_dir = Path(cfg.trainer.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / PID_FILE.format(rank=rank)).write_text(str(os.getpid()))
+
+    def report(step: int, path: Path, record: dict) -> None:
+        # Collective: every rank reports; rank 0 uploads the published checkpoint (all shards).
+        checkpoint = ray.train.Checkpoint.from_directory(str(path)) if rank == 0 else None
+        ray.train.report({**record, "step": step}, checkpoint=checkpoint, checkpoint_dir_name=path.name)
+
+    restored = ray.train.get_checkpoint()
+    if restored is None:
+        train(cfg, resume=config["resume"], on_checkpoint=report, launch_id=config["launch_id"])
+        return
+    with restored.as_directory() as directory:  # local storage: the directory itself, else a download
+        if rank == 0:
+            logging.getLogger("neurograph.launch").info("Ray Train restart: resuming from %s", directory)
+        train(cfg, resume=str(Path(directory).resolve()), on_checkpoint=report, launch_id=config["launch_id"])
