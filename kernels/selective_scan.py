@@ -12,18 +12,24 @@ final state h_T [B, d, S] (fp32, fp64 for fp64 inputs) used to start recurrent d
 Implementations (`selective_scan(..., impl=...)` is the single dispatch models call):
 - "sequential": `selective_scan_ref`, a plain loop over T, differentiable through autograd.
   It is the reference every other path is tested against.
-- "chunked": the CPU default. T is cut into chunks of `chunk_size`; each chunk's local end
-  state is a closed-form weighted sum, a short scan across chunks gives every chunk's start
-  state, and one pass over the chunk length (all chunks in parallel) produces y. Channels
-  are processed in tiles so the [B, T, d, S] state is never held for the whole sequence.
-  `ChunkedSelectiveScan` (autograd.Function) saves only the chunk-start states and
-  recomputes inside chunks in backward, where the gradient is the mirror-image reverse scan.
+- "chunked": the CPU default. T is cut into chunks; a pass over the chunk length (all
+  chunks in parallel) gives each chunk's local end state, a short scan across chunks gives
+  every chunk's true start state, and a second pass produces y. Channels are processed in
+  tiles so every per-step tensor [B, chunks, d_tile, S] stays cache-sized and the
+  [B, T, d, S] state is never held for the whole sequence. `ChunkedSelectiveScan`
+  (autograd.Function) saves only the chunk-start states and recomputes inside chunks in
+  backward, where the gradient is the mirror-image reverse scan. The chunk length is picked
+  from the shapes (`auto_chunk_size`): large batches take the longest chunks, small ones more.
+- "cpp": the recurrence as one fused C++ loop per block of channels, sequences split across
+  threads, with the same memory plan (states kept at chunk starts only, recomputed chunk by
+  chunk in backward). kernels/selective_scan_cpu.cpp, built on first use with
+  torch.utils.cpp_extension (needs a C++ compiler; ~1 min once, then cached).
+  Opt-in (`scan_impl: cpp`); "auto" does not pick it so importing needs torch alone.
 - "cuda": mamba-ssm's `selective_scan_fn`, used by "auto" only when mamba-ssm imports and
   the tensors are on a CUDA device (the `gpu` extra).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -32,13 +38,14 @@ import torch.nn.functional as F
 # Elements of one per-step state tensor [B, chunks, d_tile, S] in the chunked path: small
 # enough that a step's handful of temporaries stays in a core's L2 cache.
 _STEP_ELEMENTS = 1 << 16
+_MAX_CHUNK = 64
 
 try:  # the CUDA fast path (gpu extra); absent on CPU machines
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _mamba_ssm_scan  # type: ignore
 except Exception:  # ImportError, or the package imports but its CUDA extension does not
     _mamba_ssm_scan = None
 
-IMPLEMENTATIONS = ("auto", "sequential", "chunked", "cuda")
+IMPLEMENTATIONS = ("auto", "sequential", "chunked", "cpp", "cuda")
 
 
 def _compute(x: torch.Tensor) -> torch.Tensor:
@@ -100,6 +107,15 @@ def _from_chunks(x: torch.Tensor, t: int) -> torch.Tensor:
     return x.permute(1, 2, 0, 3).reshape(b, nc * L, f)[:, :t]
 
 
+def auto_chunk_size(b: int, t: int, d: int, s: int) -> int:
+    """Chunk length when none is given: as few chunks as fill a cache-sized step tensor
+    (chunks only add work: a pass for local end states, one for gradients to chunk starts),
+    and chunks of at most `_MAX_CHUNK` steps so backward's recomputed states stay bounded."""
+    nc = max(-(-_STEP_ELEMENTS // max(1, b * d * s)), -(-t // _MAX_CHUNK))
+    nc = min(nc, max(1, t // 16))
+    return -(-t // nc)
+
+
 def _channel_tiles(b: int, nc: int, d: int, s: int):
     """Channel ranges whose per-step state [B, nc, d_tile, S] stays cache-sized."""
     tile = max(1, min(d, _STEP_ELEMENTS // max(1, b * nc * s)))
@@ -114,24 +130,23 @@ def _chunk_forward(x, delta, A, B, C):
     L, nc = x.shape[0], x.shape[2]
     decay = torch.exp(delta[..., None] * A)  # [L, B, nc, dt, S]
     xB = x[..., None] * B[..., None, :]
-    # Pass 1: each chunk's end state when started from zero.
-    h = torch.zeros_like(decay[0])
-    for l in range(L):
-        h = torch.addcmul(xB[l], decay[l], h)
-    chunk_decay = torch.exp(delta.sum(0)[..., None] * A)  # [B, nc, dt, S]
-    # Short scan across chunks: true start state of every chunk.
-    starts = torch.empty_like(h)
-    carry = torch.zeros_like(h[:, 0])
-    for c in range(nc):
-        starts[:, c] = carry
-        carry = torch.addcmul(h[:, c], chunk_decay[:, c], carry)
-    # Pass 2: states from the true starts, and the outputs.
+    starts = torch.zeros_like(decay[0])
+    if nc > 1:
+        # Pass 1: end state of every chunk but the last when started from zero.
+        h = torch.zeros_like(starts[:, 1:])
+        for l in range(L):
+            h = torch.addcmul(xB[l, :, :-1], decay[l, :, :-1], h)
+        chunk_decay = torch.exp(delta[:, :, :-1].sum(0)[..., None] * A)  # [B, nc-1, dt, S]
+        # Short scan across chunks: true start state of every chunk.
+        for c in range(1, nc):
+            torch.addcmul(h[:, c - 1], chunk_decay[:, c - 1], starts[:, c - 1], out=starts[:, c])
+    # Pass 2: states from the true starts, and the outputs; the last chunk ends in the final state.
     y = torch.empty_like(x)
     h = starts
     for l in range(L):
         h = torch.addcmul(xB[l], decay[l], h)
-        torch.matmul(h, C[l, ..., None], out=y[l, ..., None])
-    return y, starts, carry
+        torch.sum(h * C[l, ..., None, :], -1, out=y[l])
+    return y, starts, h[:, -1]
 
 
 def _chunk_backward(x, delta, A, B, C, starts, gy, glast):
@@ -145,18 +160,20 @@ def _chunk_backward(x, delta, A, B, C, starts, gy, glast):
     hs[0] = starts
     for l in range(L):
         torch.addcmul(x[l, ..., None] * Bx[l], decay[l], hs[l], out=hs[l + 1])
-    # Gradient reaching each chunk's start from that chunk's own outputs (reverse pass from 0).
-    r = torch.zeros_like(starts)
-    for l in range(L - 1, -1, -1):
-        r = decay[l] * torch.addcmul(r, Cx[l], gy[l, ..., None])
-    to_start = r
-    chunk_decay = torch.exp(delta.sum(0)[..., None] * A)
-    # Reverse scan across chunks: gradient w.r.t. each chunk's end state.
+    # Gradient w.r.t. each chunk's end state. The end of chunk c is the start of chunk c+1, so
+    # it receives what chunk c+1's outputs send back to its start (a reverse pass from zero
+    # over chunks 1..nc-1), plus what later chunks send through chunk c+1's total decay.
     carry = torch.empty_like(starts)
     g = glast.to(x.dtype) if glast is not None else torch.zeros_like(starts[:, 0])
-    for c in range(nc - 1, -1, -1):
-        carry[:, c] = g
-        g = torch.addcmul(to_start[:, c], chunk_decay[:, c], g)
+    carry[:, -1] = g
+    if nc > 1:
+        r = torch.zeros_like(starts[:, 1:])
+        for l in range(L - 1, -1, -1):
+            r = decay[l, :, 1:] * torch.addcmul(r, Cx[l, :, 1:], gy[l, :, 1:, :, None])
+        chunk_decay = torch.exp(delta[:, :, 1:].sum(0)[..., None] * A)  # [B, nc-1, dt, S]
+        for c in range(nc - 2, -1, -1):
+            g = torch.addcmul(r[:, c], chunk_decay[:, c], g)
+            carry[:, c] = g
     gx, gdelta = torch.empty_like(x), torch.empty_like(delta)
     gB, gC = torch.empty_like(B), torch.empty_like(C)
     gA_acc = torch.zeros_like(starts)
@@ -164,8 +181,8 @@ def _chunk_backward(x, delta, A, B, C, starts, gy, glast):
         r = torch.addcmul(carry, Cx[l], gy[l, ..., None])  # dLoss/dh_l  [B, nc, dt, S]
         q = r * decay[l]
         q *= hs[l]  # dLoss/d(log decay_l) = r * decay * h_{l-1}
-        torch.matmul(r, B[l, ..., None], out=gx[l, ..., None])
-        torch.matmul(q[..., None, :], A[..., None], out=gdelta[l, ..., None, None])
+        torch.sum(r * Bx[l], -1, out=gx[l])
+        torch.sum(q * A, -1, out=gdelta[l])
         gA_acc.addcmul_(q, delta[l, ..., None])
         torch.matmul(x[l, ..., None, :], r, out=gB[l, ..., None, :])
         torch.matmul(gy[l, ..., None, :], hs[l + 1], out=gC[l, ..., None, :])
@@ -181,10 +198,10 @@ class ChunkedSelectiveScan(torch.autograd.Function):
     [B, ceil(T/L), d, S] only; states inside chunks are recomputed in backward."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, chunk_size: int):
+    def forward(ctx, u, delta, A, B, C, chunk_size: Optional[int]):
         b, t, d = u.shape
         s = A.shape[1]
-        L = max(1, min(chunk_size, t))
+        L = max(1, min(chunk_size or auto_chunk_size(b, t, d, s), t))
         xc, dc = _to_chunks(delta * u, L), _to_chunks(delta, L)
         Bc, Cc = _to_chunks(B, L), _to_chunks(C, L)
         nc = xc.shape[2]
@@ -224,16 +241,66 @@ class ChunkedSelectiveScan(torch.autograd.Function):
         return gx * delta, gd + gx * u, gA, _from_chunks(gB, t), _from_chunks(gC, t), None
 
 
-def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                           return_last_state=False, chunk_size: int = 64):
-    """Chunked scan in mamba-ssm's layout (see the module docstring)."""
+def _run_core(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size):
+    """mamba-ssm's layout around a time-major core Function (chunked or C++)."""
     dtype = u.dtype
     dt = _prepare_delta(delta, delta_bias, delta_softplus)  # [B, d, T]
-    y, last = ChunkedSelectiveScan.apply(
+    y, last = core.apply(
         _compute(u).transpose(1, 2), dt.transpose(1, 2), _compute(A),
         _compute(B).transpose(1, 2), _compute(C).transpose(1, 2), chunk_size)
     y = _finish(y.transpose(1, 2), u, D, z, dtype)
     return (y, last) if return_last_state else y
+
+
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           return_last_state=False, chunk_size: Optional[int] = None):
+    """Chunked scan in mamba-ssm's layout (see the module docstring)."""
+    return _run_core(ChunkedSelectiveScan, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                     return_last_state, chunk_size)
+
+
+_CPP_EXTENSION = None
+
+
+def _cpp_extension():
+    """The fused C++ scan, compiled on first use (cached by torch in ~/.cache/torch_extensions)."""
+    global _CPP_EXTENSION
+    if _CPP_EXTENSION is None:
+        from pathlib import Path
+
+        from torch.utils.cpp_extension import load
+
+        _CPP_EXTENSION = load(name="neurograph_selective_scan_cpu",
+                              sources=[str(Path(__file__).with_name("selective_scan_cpu.cpp"))],
+                              extra_cflags=["-O3", "-march=native", "-ffast-math"], verbose=False)
+    return _CPP_EXTENSION
+
+
+class CppSelectiveScan(torch.autograd.Function):
+    """Same contract as `ChunkedSelectiveScan`, computed by the fused C++ kernel."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, chunk_size: Optional[int]):
+        chunk = chunk_size or _MAX_CHUNK
+        u, delta, A, B, C = (x.contiguous() for x in (u, delta, A, B, C))
+        y, starts, last = _cpp_extension().forward(u, delta, A, B, C, chunk)
+        ctx.save_for_backward(u, delta, A, B, C, starts)
+        ctx.chunk = chunk
+        return y, last
+
+    @staticmethod
+    def backward(ctx, gy, glast):
+        u, delta, A, B, C, starts = ctx.saved_tensors
+        gu, gdelta, gA, gB, gC = _cpp_extension().backward(
+            u, delta, A, B, C, starts, gy.contiguous(), None if glast is None else glast.contiguous(), ctx.chunk)
+        return gu, gdelta, gA, gB, gC, None
+
+
+def selective_scan_cpp(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False, chunk_size: Optional[int] = None):
+    """Fused C++ scan in mamba-ssm's layout (CPU tensors)."""
+    return _run_core(CppSelectiveScan, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                     return_last_state, chunk_size)
 
 
 def cuda_scan_available() -> bool:
@@ -241,8 +308,9 @@ def cuda_scan_available() -> bool:
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, impl: str = "auto", chunk_size: int = 64):
-    """The single dispatch point. impl: auto | sequential | chunked | cuda.
+                   return_last_state=False, impl: str = "auto", chunk_size: Optional[int] = None):
+    """The single dispatch point. impl: auto | sequential | chunked | cpp | cuda. `chunk_size`
+    (chunked path only): None or 0 picks it from the shapes (`auto_chunk_size`).
     "auto" takes mamba-ssm's CUDA kernel when it imports and `u` is on a CUDA device,
     else the chunked CPU path."""
     if impl == "auto":
@@ -253,6 +321,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return _mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if impl == "chunked":
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size)
+    if impl == "cpp":
+        return selective_scan_cpp(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size)
     if impl == "sequential":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     raise ValueError(f"unknown selective scan impl {impl!r}; choose from {IMPLEMENTATIONS}")

@@ -15,11 +15,10 @@ options off is the authors' symmetric variant.
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch.utils.checkpoint import checkpoint
 
@@ -46,8 +45,8 @@ class INNConfig(ModelConfig):
     neuron_identity: Literal["none", "embedding"] = "embedding"
     per_neuron_conv: bool = False
     adapter_rank: int = Field(0, ge=0, description="per-neuron low-rank adapter on the SSM in_proj (0: off)")
-    scan_impl: Literal["auto", "sequential", "chunked", "cuda"] = "auto"
-    scan_chunk_size: int = Field(64, gt=0)
+    scan_impl: Literal["auto", "sequential", "chunked", "cpp", "cuda"] = "auto"
+    scan_chunk_size: int = Field(0, ge=0, description="chunked scan chunk length (0: from the shapes)")
     checkpoint_layers: bool = Field(False, description="recompute each layer in backward (activation memory)")
 
     @model_validator(mode="after")

@@ -43,7 +43,7 @@ class MambaBlock(nn.Module):
                  dt_rank: Optional[int] = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
                  dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
                  n_neurons: int = 0, per_neuron_conv: bool = False, adapter_rank: int = 0,
-                 scan_impl: str = "auto", chunk_size: int = 64):
+                 scan_impl: str = "auto", chunk_size: int = 0):
         super().__init__()
         if (per_neuron_conv or adapter_rank) and n_neurons <= 0:
             raise ValueError("per-neuron options need n_neurons > 0")
@@ -74,7 +74,6 @@ class MambaBlock(nn.Module):
         dt = dt.clamp(min=dt_init_floor)
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        self.dt_proj.bias._no_reinit = True
         A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)  # [d_inner, S]
         self.A_log = no_weight_decay(nn.Parameter(torch.log(A)))
         self.D = no_weight_decay(nn.Parameter(torch.ones(d_inner)))

@@ -1,23 +1,14 @@
-"""Generation for recurrent language models (INN, Mamba stack, LSTM): prefill the prompt once
-with the full-sequence forward, then decode one token at a time from the recurrent state,
-O(1) per token in the length of the context."""
+"""Generation for recurrent language models (INN, Mamba stack, LSTM): the prompt runs once
+through the full-sequence forward (prefill), then every new token costs one recurrent step,
+O(1) in the length of the context. Sampling is model/generation.py's, shared by all families;
+the signature matches the KV-cached families' `generate`."""
 from __future__ import annotations
 
 from typing import Any, Optional
 
 import torch
 
-
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """logits [B, V] -> next token ids [B]. temperature <= 0 means greedy."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
+from .generation import sample_next_token
 
 
 class RecurrentGeneration:
@@ -32,17 +23,27 @@ class RecurrentGeneration:
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """input_ids [B, T] -> [B, T + max_new_tokens]. Call `eval()` first for dropout-free decoding."""
-        if max_new_tokens <= 0:
-            return input_ids
-        logits, state = self.prefill(input_ids)
-        tokens = [input_ids]
-        nxt = sample_next(logits[:, -1], temperature, top_k, generator)
-        for i in range(max_new_tokens):
-            tokens.append(nxt[:, None])
-            if i + 1 == max_new_tokens:
-                break
-            logits, state = self.decode_step(nxt, state)
-            nxt = sample_next(logits, temperature, top_k, generator)
-        return torch.cat(tokens, dim=1)
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, do_sample: bool = False,
+                 use_cache: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """[B, T0] -> [B, T0 + max_new_tokens], greedy unless `do_sample`. With `use_cache` the
+        recurrent state carries the context; without it every step re-runs the whole sequence."""
+        was_training = self.training
+        self.eval()
+        try:
+            if use_cache:
+                logits, state = self.prefill(input_ids)
+            else:
+                logits, state = self(input_ids), None
+            logits, ids = logits[:, -1], input_ids
+            for step in range(max_new_tokens):
+                nxt = sample_next_token(logits, temperature, top_k, top_p, do_sample, generator)  # [B, 1]
+                ids = torch.cat([ids, nxt], dim=1)
+                if step == max_new_tokens - 1:
+                    break
+                if use_cache:
+                    logits, state = self.decode_step(nxt[:, 0], state)
+                else:
+                    logits = self(ids)[:, -1]
+            return ids
+        finally:
+            self.train(was_training)

@@ -57,6 +57,17 @@ def test_chunked_fp32_matches_reference_without_optional_inputs():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_auto_chunk_size_matches_reference():
+    assert ss.auto_chunk_size(512, 256, 512, 16) == 64  # big batch: the longest chunk allowed
+    assert ss.auto_chunk_size(1, 2048, 64, 16) < 2048  # small batch: chunks run in parallel
+    x = _inputs(2, 6, 3, 70)
+    y_ref, last_ref = _run(ss.selective_scan_ref, x)
+    y, last = _run(ss.selective_scan, x)  # impl auto, chunk size auto
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    for g, g_ref in zip(_grads(y, last, x), _grads(y_ref, last_ref, x)):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9)
+
+
 def test_chunked_tiles_channels_like_one_tile(monkeypatch):
     """Splitting channels into many tiles (small step budget) changes nothing."""
     x = _inputs(2, 9, 3, 21)
@@ -106,3 +117,18 @@ def test_cuda_kernel_matches_reference():
     y_ref, last_ref = _run(ss.selective_scan_ref, x)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(last, last_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow  # builds the C++ extension on first use (~1 min, then cached)
+@pytest.mark.parametrize("b,d,s,t,chunk", [(2, 5, 3, 13, 4), (3, 21, 5, 37, 8), (1, 7, 4, 1, None)])
+def test_cpp_matches_reference_outputs_and_gradients(b, d, s, t, chunk):
+    x = _inputs(b, d, s, t)
+    y_ref, last_ref = _run(ss.selective_scan_ref, x)
+    y, last = _run(ss.selective_scan, x, impl="cpp", chunk_size=chunk)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last, last_ref, rtol=1e-10, atol=1e-10)
+    for name, g, g_ref in zip(x, _grads(y, last, x), _grads(y_ref, last_ref, x)):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9, msg=f"gradient of {name}")
+    x32 = {k: v.detach().float().requires_grad_() for k, v in x.items()}
+    torch.testing.assert_close(_run(ss.selective_scan, x32, impl="cpp")[0], _run(ss.selective_scan_ref, x32)[0],
+                               rtol=1e-5, atol=1e-5)

@@ -63,13 +63,16 @@ def test_step_decoding_equals_full_forward(routing):
 def test_generate_greedy_equals_recomputation():
     m = small_inn(routing="dense")
     prompt = torch.randint(0, 27, (2, 6))
-    out = m.generate(prompt, 5, temperature=0)
+    out = m.generate(prompt, 5)  # greedy, recurrent state
     ids = prompt
     for _ in range(5):
         ids = torch.cat([ids, m(ids)[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, ids)
-    sampled = m.generate(prompt, 5, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(0))
-    assert sampled.shape == (2, 11) and torch.equal(sampled[:, :6], prompt)
+    assert torch.equal(m.generate(prompt, 5, use_cache=False), ids)
+    sample = lambda: m.generate(prompt, 5, temperature=0.8, top_k=3, do_sample=True,  # noqa: E731
+                                generator=torch.Generator().manual_seed(0))
+    sampled = sample()
+    assert sampled.shape == (2, 11) and torch.equal(sampled[:, :6], prompt) and torch.equal(sample(), sampled)
 
 
 def _same_weights_as(model, reference):

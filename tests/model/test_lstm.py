@@ -26,4 +26,6 @@ def test_lstm_causal_and_decoding_equals_forward():
         lg, state = m.decode_step(x[:, t], state)
         outs.append(lg[:, None])
     torch.testing.assert_close(torch.cat(outs, 1), y, rtol=1e-5, atol=1e-5)
-    assert m.generate(x[:, :4], 5, temperature=0.8, top_k=5).shape == (3, 9)
+    greedy = m.generate(x[:, :4], 5)
+    assert torch.equal(greedy, m.generate(x[:, :4], 5, use_cache=False))
+    assert m.generate(x[:, :4], 5, temperature=0.8, top_k=5, do_sample=True).shape == (3, 9)

@@ -14,6 +14,9 @@ FAMILIES = {
             "max_seq_len": 64, "positions": "rope", "shared_controller": True, "hierarchical_equilibrium": True,
             "group_size": 16, "excitation_sparsity": 0.1, "lowrank_embeddings": True, "convergence_weight": 1.0,
             "dropout": 0.1},
+    # Tiny INN: per-neuron SSM memory (chunked scan), routing across neurons, identity vectors.
+    "inn": {"arch": "inn", "d_model": 32, "n_neurons": 4, "n_layer": 2, "n_head": 2, "d_state": 4,
+            "routing": "topk", "topk": 2, "neuron_identity": "embedding", "dropout": 0.1},
 }
 
 

@@ -1,0 +1,282 @@
+"""INN benchmark: one table, every comparison measured side by side in this run.
+
+    .venv/bin/python bench/inn.py [--threads N] [--skip-memory]
+
+(1) INN training FLOP/s over a parameter-matched Transformer's (d 256, 6 layers, FF 1024),
+    FLOPs from each model's `flops_per_token` (real shapes), same batch, same run; also the
+    raw tokens/s ratio.
+(2) INN training tokens/s over a re-statement of the authors' code path: one Mamba per layer
+    shared by all neurons with the sequential reference scan that materialises the
+    [B*N, d_inner, T, S] discretised tensors, and torch.nn.MultiheadAttention over neurons.
+(3) Routing layer cost per neuron (forward + backward of the router alone, the only part
+    whose cost depends on N) at N = 32 ... 4096 for dense, topk (k=8), hierarchical (G=32).
+(4) Chunked selective scan vs the sequential reference at T = 2048, forward + backward.
+(5) Peak RSS of one training step at the paper's shape (batch 16 x 256, N=32, D=256, L=6),
+    measured in a fresh child process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from kernels.selective_scan import selective_scan_chunked, selective_scan_cpp, selective_scan_ref  # noqa: E402
+from model import build_model  # noqa: E402
+from model.neuron_router import build_router  # noqa: E402
+
+VOCAB, SEQ = 27, 256
+PAPER = dict(arch="inn", vocab_size=VOCAB, n_neurons=32, d_model=256, d_state=16, n_layer=6, n_head=4, dropout=0.1)
+
+
+def train_step_time(model, batch: int, seq: int, steps: int = 1, min_seconds: float = 0.0) -> float:
+    """Seconds per optimizer step (forward, backward, AdamW): one warm-up step, then at least
+    `steps` steps and `min_seconds`; the fastest step counts (the machine is shared, and the
+    same estimator is used for every model)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, VOCAB, (batch, seq + 1), generator=g)
+    model.train()
+
+    def step():
+        loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    times, start = [], time.perf_counter()
+    while len(times) < steps or time.perf_counter() - start < min_seconds:
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+# -- the authors' code path, re-stated --------------------------------------------------------
+def materialised_scan(u, delta, A, B, C, D, z, delta_bias):
+    """The sequential reference as the authors run it: the discretised A and B*u are built for
+    the whole sequence ([B, d, T, S] each) before the loop over T."""
+    delta = F.softplus(delta + delta_bias[:, None])
+    dA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    dBu = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for t in range(u.shape[2]):
+        h = dA[:, :, t] * h + dBu[:, :, t]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
+    y = torch.stack(ys, dim=2) + u * D[:, None]
+    return y * F.silu(z)
+
+
+class AuthorsMamba(nn.Module):
+    def __init__(self, d: int, s: int = 16, k: int = 4):
+        super().__init__()
+        di, self.r, self.s = 2 * d, math.ceil(d / 16), s
+        self.in_proj = nn.Linear(d, 2 * di, bias=False)
+        self.conv = nn.Conv1d(di, di, k, groups=di, padding=k - 1)
+        self.x_proj = nn.Linear(di, self.r + 2 * s, bias=False)
+        self.dt_proj = nn.Linear(self.r, di)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, s + 1.0)).repeat(di, 1))
+        self.D = nn.Parameter(torch.ones(di))
+        self.out_proj = nn.Linear(di, d, bias=False)
+
+    def forward(self, x):  # [B', T, D]
+        t = x.shape[1]
+        xi, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # [B', di, T]
+        xi = F.silu(self.conv(xi)[..., :t])
+        dt, B, C = self.x_proj(xi.transpose(1, 2)).split([self.r, self.s, self.s], dim=-1)
+        dt = (dt @ self.dt_proj.weight.T).transpose(1, 2)
+        y = materialised_scan(xi, dt, -torch.exp(self.A_log), B.transpose(1, 2), C.transpose(1, 2), self.D, z,
+                              self.dt_proj.bias)
+        return self.out_proj(y.transpose(1, 2))
+
+
+class AuthorsINN(nn.Module):
+    def __init__(self, n=32, d=256, layers=6, heads=4, dropout=0.1):
+        super().__init__()
+        self.n = n
+        self.embed = nn.Embedding(VOCAB, d)
+        self.ln1 = nn.ModuleList(nn.LayerNorm(d) for _ in range(layers))
+        self.mamba = nn.ModuleList(AuthorsMamba(d) for _ in range(layers))
+        self.ln2 = nn.ModuleList(nn.LayerNorm(d) for _ in range(layers))
+        self.attn = nn.ModuleList(nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True) for _ in range(layers))
+        self.drop = nn.Dropout(dropout)
+        self.ln_f = nn.LayerNorm(d)
+
+    def forward(self, ids):
+        b, t = ids.shape
+        h = self.embed(ids).unsqueeze(1).repeat(1, self.n, 1, 1)  # [B, N, T, D], identical neurons
+        d = h.shape[-1]
+        for ln1, mamba, ln2, attn in zip(self.ln1, self.mamba, self.ln2, self.attn):
+            h = h + self.drop(mamba(ln1(h).view(b * self.n, t, d)).view(b, self.n, t, d))
+            m = ln2(h).permute(0, 2, 1, 3).reshape(b * t, self.n, d)
+            a, _ = attn(m, m, m, need_weights=False)
+            h = h + self.drop(a.view(b, t, self.n, d).permute(0, 2, 1, 3))
+        return self.ln_f(h.mean(1)) @ self.embed.weight.T
+
+
+# -- sections ----------------------------------------------------------------------------------
+def section_flops(batch: int):
+    torch.manual_seed(0)
+    tf = build_model(dict(arch="transformer", vocab_size=VOCAB, d_model=256, n_layer=6, n_head=4, d_ff=1024,
+                          max_seq_len=SEQ, dropout=0.1))
+    rows = []
+    for name, model in (("Transformer", tf), ("INN", build_model(PAPER)),
+                        ("INN cpp", build_model(dict(PAPER, scan_impl="cpp")))):
+        sec = train_step_time(model, batch, SEQ, steps=2, min_seconds=10.0 if name == "Transformer" else 0.0)
+        tok_s = batch * SEQ / sec
+        rows.append((name, sum(p.numel() for p in model.parameters()), tok_s, tok_s * model.flops_per_token(SEQ)))
+    return rows
+
+
+def section_authors(batch: int, seq: int):
+    torch.manual_seed(0)
+    out = {}
+    for name, model in (("ours", build_model(PAPER)), ("ours cpp", build_model(dict(PAPER, scan_impl="cpp"))),
+                        ("authors", AuthorsINN())):
+        out[name] = batch * seq / train_step_time(model, batch, seq, steps=1 if name == "authors" else 3)
+    return out
+
+
+def section_routing(ns, m_rows: int = 4, d: int = 256, heads: int = 4):
+    out = {}
+    for kind in ("dense", "topk", "hierarchical"):
+        for n in ns:
+            torch.manual_seed(0)
+            router = build_router(kind, d, heads, n, 0.0, topk=8, sketch_dim=32, group_size=32)
+            x = torch.randn(m_rows, n, d, requires_grad=True)
+            router(x).square().mean().backward()  # warm-up
+            best = math.inf
+            for _ in range(7 if n <= 1024 else 3):  # fastest repetition: the machine is shared
+                t = time.perf_counter()
+                router(x).square().mean().backward()
+                best = min(best, time.perf_counter() - t)
+            out[(kind, n)] = best / (m_rows * n) * 1e6  # us per neuron-token
+    return out
+
+
+def section_scan(b=2, d=256, s=16, t=2048, chunk=None):
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(u=torch.randn(b, d, t, generator=g), delta=torch.randn(b, d, t, generator=g) * 0.5 - 1.0,
+                  A=-torch.exp(torch.log(torch.arange(1, s + 1.0)).repeat(d, 1)), B=torch.randn(b, s, t, generator=g),
+                  C=torch.randn(b, s, t, generator=g), D=torch.ones(d), z=torch.randn(b, d, t, generator=g),
+                  delta_bias=torch.zeros(d))
+    res = {}
+    for name, fn, kw in (("chunked", selective_scan_chunked, dict(chunk_size=chunk)), ("cpp", selective_scan_cpp, {}),
+                         ("sequential", selective_scan_ref, {})):
+        best = math.inf
+        for _ in range(3 if name != "sequential" else 2):  # the first run pays for allocations
+            x = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+            tm = time.perf_counter()
+            y = fn(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], delta_bias=x["delta_bias"],
+                   delta_softplus=True, **kw)
+            y.square().sum().backward()
+            best = min(best, time.perf_counter() - tm)
+        res[name] = (best, y.detach(), [v.grad for v in x.values()])
+    out = {}
+    for name in ("chunked", "cpp"):
+        err_y = (res[name][1] - res["sequential"][1]).abs().max().item()
+        err_g = max(((a - b_).abs().max() / b_.abs().max().clamp_min(1)).item()
+                    for a, b_ in zip(res[name][2], res["sequential"][2]))
+        out[name] = (res[name][0], res["sequential"][0], err_y, err_g)
+    return out
+
+
+def memory_step_child():
+    """Run in a child process: one training step at the paper's shape; print peak RSS."""
+    torch.manual_seed(0)
+    model = build_model(dict(PAPER, checkpoint_layers=True))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, VOCAB, (16, SEQ + 1))
+    t = time.perf_counter()
+    loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+    loss.backward()
+    opt.step()
+    elapsed = time.perf_counter() - t
+    print(json.dumps(dict(peak_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, seconds=elapsed)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--skip-memory", action="store_true", help="skip (5), the paper-shape step (minutes on 2 cores)")
+    ap.add_argument("--batch", type=int, default=2, help="batch for (1), sequences of 256")
+    ap.add_argument("--authors-batch", type=int, default=1)
+    ap.add_argument("--authors-seq", type=int, default=128, help="(2) is memory-bound for the authors' path")
+    ap.add_argument("--sections", default="1,2,3,4,5", help="comma-separated subset of 1-5")
+    ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        memory_step_child()
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}", flush=True)
+
+    rows = []  # (measure, INN, comparison, ratio, goal, met)
+
+    def add(measure, ours, other, ratio, goal, met):
+        rows.append((measure, ours, other, ratio, goal, "yes" if met else "NO"))
+        print(" | ".join(rows[-1]), flush=True)
+
+    sections = set(args.sections.split(","))
+    if "1" in sections:
+        (_, p_tf, tok_tf, fl_tf), *inns = section_flops(args.batch)
+        for name, p_inn, tok_inn, fl_inn in inns:
+            scan = "cpp scan" if "cpp" in name else "chunked scan"
+            add(f"(1) training GFLOP/s, {scan}, batch {args.batch}x{SEQ} (INN {p_inn/1e6:.2f}M / Transformer "
+                f"{p_tf/1e6:.2f}M params)", f"{fl_inn/1e9:.1f}", f"{fl_tf/1e9:.1f}", f"{fl_inn/fl_tf:.2f}", ">= 0.5",
+                fl_inn / fl_tf >= 0.5)
+            add(f"(1) training tokens/s, {scan}, same shapes", f"{tok_inn:.1f}", f"{tok_tf:.1f}", f"{tok_inn/tok_tf:.3f}",
+                "(report)", True)
+
+    if "2" in sections:
+        a = section_authors(args.authors_batch, args.authors_seq)
+        for name in ("ours", "ours cpp"):
+            scan = "cpp scan" if "cpp" in name else "chunked scan"
+            add(f"(2) training tokens/s vs authors' path, {scan}, batch {args.authors_batch}x{args.authors_seq}",
+                f"{a[name]:.1f}", f"{a['authors']:.1f}", f"{a[name]/a['authors']:.1f}x", ">= 10x", a[name] / a["authors"] >= 10)
+
+    ns = (32, 128, 512, 1024, 4096)
+    r = section_routing(ns) if "3" in sections else {}
+    for kind in ("dense", "topk", "hierarchical") if r else ():
+        costs = " ".join(f"N={n}:{r[(kind, n)]:.2f}" for n in ns)
+        ratio = r[(kind, 4096)] / r[(kind, 32)]
+        goal = "(report)" if kind == "dense" else "<= 1.5x"
+        add(f"(3) {kind} router us per neuron-token [{costs}]", f"{r[(kind, 4096)]:.2f}", f"{r[(kind, 32)]:.2f}",
+            f"{ratio:.2f}x", goal, kind == "dense" or ratio <= 1.5)
+
+    for name, (t_fast, t_seq, err_y, err_g) in (section_scan().items() if "4" in sections else ()):
+        add(f"(4) scan fwd+bwd s at T=2048, {name} vs sequential; max |dy|; max rel |dgrad|",
+            f"{t_fast:.2f}", f"{t_seq:.2f}", f"{t_seq/t_fast:.1f}x; {err_y:.1e}; {err_g:.1e}", ">= 5x, err <= 1e-5",
+            t_seq / t_fast >= 5 and err_y <= 1e-5)
+
+    if "5" in sections and not args.skip_memory:
+        cmd = [sys.executable, __file__, "--memory-child"] + (["--threads", str(args.threads)] if args.threads else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        mem = json.loads(out)
+        add(f"(5) peak RSS GB, one training step 16x256 N=32 D=256 L=6 ({mem['seconds']:.0f} s, "
+            f"{16 * SEQ / mem['seconds']:.1f} tokens/s)", f"{mem['peak_gb']:.2f}", "-", "-", "<= 8 GB", mem["peak_gb"] <= 8)
+
+    print()
+    header = ("measure", "INN / ours", "comparison", "ratio", "goal", "met")
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    main()
