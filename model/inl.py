@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from kernels.integrator import INIT_RAW_BIAS, controller_activations, integrator_step
 
 from .generation import generate
-from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, sinusoidal_positions
+from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, TokenPositions
 from .registry import ModelConfig, register_model
 
 
@@ -314,14 +314,10 @@ class INLModel(nn.Module):
             self.embed = LowRankEmbedding(cfg.vocab_size, cfg.embedding_rank, d)
         else:
             self.embed = TokenEmbedding(cfg.vocab_size, d)
-        rotary = None
-        if cfg.positions == "sinusoidal":
-            self.register_buffer("pos_table", sinusoidal_positions(cfg.max_seq_len, d), persistent=False)
-        else:
-            rotary = RotaryEmbedding(d // cfg.n_head, cfg.max_seq_len)
+        self.positions = TokenPositions(cfg.positions, cfg.max_seq_len, d, cfg.n_head)
         self.drop = nn.Dropout(cfg.dropout)
         self.controller = IntegratorController(d, cfg.controller_rank, cfg.n_layer) if cfg.shared_controller else None
-        self.blocks = nn.ModuleList(INLBlock(cfg, i, rotary) for i in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(INLBlock(cfg, i, self.positions.rotary) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d)
         self.head = None if cfg.tie_embeddings else nn.Linear(d, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
@@ -375,14 +371,8 @@ class INLModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, caches: Optional[list[KVCache]] = None) -> torch.Tensor:
         """input_ids [B, T] -> logits [B, T, V]. With `caches` (one per layer) the tokens continue
         after the cached ones and the caches are extended."""
-        b, t = input_ids.shape
         offset = caches[0].length if caches else 0
-        if offset + t > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {offset + t} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
-        x = self.embed(input_ids)  # [B, T, D]
-        if self.cfg.positions == "sinusoidal":
-            x = x + self.pos_table[offset : offset + t].to(x.dtype)
-        x = self.drop(x)
+        x = self.drop(self.positions(self.embed(input_ids), offset))  # [B, T, D]
         for i, block in enumerate(self.blocks):
             x = block(x, caches[i] if caches else None, self.controller)
         x = self.ln_f(x)

@@ -56,6 +56,31 @@ def sinusoidal_positions(max_seq_len: int, d_model: int) -> torch.Tensor:
     return table
 
 
+class TokenPositions(nn.Module):
+    """Positions of a decoder's input: learned or sinusoidal tables are added to the token
+    embeddings; with `rope` nothing is added and `rotary` is handed to attention instead.
+    Positions continue after `offset` cached tokens."""
+
+    def __init__(self, kind: str, max_seq_len: int, d_model: int, n_head: int):
+        super().__init__()
+        self.kind, self.max_seq_len = kind, max_seq_len
+        self.rotary = RotaryEmbedding(d_model // n_head, max_seq_len) if kind == "rope" else None
+        if kind == "learned":
+            self.table = nn.Embedding(max_seq_len, d_model)
+        elif kind == "sinusoidal":
+            self.register_buffer("table", sinusoidal_positions(max_seq_len, d_model), persistent=False)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        t = x.shape[1]  # x: [B, T, D]
+        if offset + t > self.max_seq_len:
+            raise ValueError(f"sequence of {offset + t} tokens exceeds max_seq_len {self.max_seq_len}")
+        if self.kind == "learned":
+            return x + self.table(torch.arange(offset, offset + t, device=x.device))
+        if self.kind == "sinusoidal":
+            return x + self.table[offset : offset + t].to(x.dtype)
+        return x
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (PyTorch SDPA), optionally rotary, optionally cached."""
 

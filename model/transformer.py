@@ -8,7 +8,7 @@ import torch.nn as nn
 from pydantic import Field, model_validator
 
 from .generation import generate
-from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, sinusoidal_positions
+from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, TokenPositions
 from .registry import ModelConfig, register_model
 
 
@@ -55,15 +55,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        rotary = None
-        if cfg.positions == "learned":
-            self.pos_embed = nn.Embedding(cfg.max_seq_len, cfg.d_model)
-        elif cfg.positions == "sinusoidal":
-            self.register_buffer("pos_table", sinusoidal_positions(cfg.max_seq_len, cfg.d_model), persistent=False)
-        else:
-            rotary = RotaryEmbedding(cfg.d_model // cfg.n_head, cfg.max_seq_len)
+        self.positions = TokenPositions(cfg.positions, cfg.max_seq_len, cfg.d_model, cfg.n_head)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(cfg, rotary) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, self.positions.rotary) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.apply(self._init_weights)
 
@@ -79,16 +73,8 @@ class Transformer(nn.Module):
     def forward(self, input_ids: torch.Tensor, caches: Optional[list[KVCache]] = None) -> torch.Tensor:
         """input_ids [B, T] -> logits [B, T, V]. With `caches` (one per layer), positions continue
         after the cached tokens and the caches are extended."""
-        b, t = input_ids.shape
         offset = caches[0].length if caches else 0
-        if offset + t > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {offset + t} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
-        x = self.embed(input_ids)  # [B, T, D]
-        if self.cfg.positions == "learned":
-            x = x + self.pos_embed(torch.arange(offset, offset + t, device=input_ids.device))
-        elif self.cfg.positions == "sinusoidal":
-            x = x + self.pos_table[offset : offset + t].to(x.dtype)
-        x = self.drop(x)
+        x = self.drop(self.positions(self.embed(input_ids), offset))  # [B, T, D]
         for i, block in enumerate(self.blocks):
             x = block(x, caches[i] if caches else None)
         return self.ln_f(x) @ self.embed.weight.T  # tied head

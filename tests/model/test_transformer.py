@@ -1,0 +1,55 @@
+"""The Transformer baseline: registry, causality, KV-cached decoding, meta-device summary."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import build_model
+
+SMALL = {"arch": "transformer", "vocab_size": 31, "d_model": 64, "n_layer": 2, "n_head": 4, "d_ff": 128,
+         "max_seq_len": 32}
+
+
+@pytest.mark.parametrize("positions", ["learned", "sinusoidal", "rope"])
+def test_causal_and_cached_decoding_equals_full_forward(positions):
+    torch.manual_seed(0)
+    m = build_model({**SMALL, "positions": positions}).eval()
+    x = torch.randint(0, 31, (2, 20))
+    full = m(x)
+    changed = x.clone()
+    changed[:, 12] = (changed[:, 12] + 1) % 31
+    assert torch.equal(m(changed)[:, :12], full[:, :12])  # token 12 affects no earlier logit
+    assert not torch.allclose(m(changed)[:, 12:], full[:, 12:])
+    caches = m.new_caches()
+    pieces = [m(x[:, :9], caches)] + [m(x[:, i : i + 1], caches) for i in range(9, 20)]
+    assert (torch.cat(pieces, 1) - full).abs().max() < 1e-5
+
+
+def test_generate_slides_past_the_context_and_rejects_long_input():
+    m = build_model(SMALL).eval()
+    out = m.generate(torch.zeros(1, 5, dtype=torch.long), 60)  # 65 > max_seq_len 32
+    assert out.shape == (1, 65)
+    with pytest.raises(ValueError, match="exceeds max_seq_len 32"):
+        m(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_tied_head_and_parameter_count():
+    m = build_model(SMALL)
+    d, f, v, t, layers = 64, 128, 31, 32, 2
+    per_layer = 4 * d * d + 2 * d * f + 4 * d  # attention, MLP, two LayerNorms
+    assert sum(p.numel() for p in m.parameters()) == v * d + t * d + layers * per_layer + 2 * d
+
+
+def test_summary_cli_counts_the_1_1b_inl_on_the_meta_device():
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", "model", "summary", "--config",
+                           str(Path(__file__).parents[2] / "configs" / "inl_1.1b.yaml"), "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["total"] == 995_438_883
+    assert sum(summary["components"].values()) == summary["total"]
+    assert summary["components"]["blocks.*.ffn"] == 597_412_800
