@@ -73,8 +73,8 @@ def main() -> None:
         t0 = time.time()
         results[name] = (run(name, config, sizes, data, root, args.steps), time.time() - t0)
 
-    from model import build_model
     from launch.config import load_config
+    from model import build_model
 
     print(f"\nINN ablations and baselines: {args.steps} steps x 8 x 128 characters, Text8-normalised "
           f"{Path(args.corpus).name}, AdamW 4e-4 OneCycle, clip 1.0")

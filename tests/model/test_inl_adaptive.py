@@ -1,28 +1,19 @@
 """Per-token adaptive stopping on a tiny INL trained in the test on real text."""
 from __future__ import annotations
 
-import lzma
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from model import build_model
-
-SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "shakespeare.txt.xz"
+from tests.conftest import corpus_text
 
 
 @pytest.fixture(scope="module")
 def trained_tiny():
     """A char-level INL (D 64, 2 layers, K 5, no FFN) trained 120 AdamW steps on Shakespeare,
     with the convergence loss that lets tokens settle after `min_iterations` (~6 s)."""
-    if SHAKESPEARE.exists():
-        with lzma.open(SHAKESPEARE, "rt", encoding="utf-8") as f:
-            text = f.read(200_000)
-    else:  # the corpus shipped with the package
-        from tests.conftest import corpus_text
-        text = corpus_text(chars=200_000)
+    text = corpus_text(chars=200_000)
     chars = sorted(set(text))
     data = torch.tensor([{c: i for i, c in enumerate(chars)}[c] for c in text])
     torch.manual_seed(0)
