@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from kernels.integrator import INIT_RAW_BIAS, controller_activations, integrator_step
 
 from .generation import generate
-from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, TokenPositions
+from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, TokenPositions, init_gpt_weights
 from .registry import ModelConfig, register_model
 
 
@@ -320,19 +320,10 @@ class INLModel(nn.Module):
         self.blocks = nn.ModuleList(INLBlock(cfg, i, self.positions.rotary) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d)
         self.head = None if cfg.tie_embeddings else nn.Linear(d, cfg.vocab_size, bias=False)
-        self.apply(self._init_weights)
+        self.apply(init_gpt_weights)
         for m in self.modules():  # controllers keep their own (small-output) initialisation
             if isinstance(m, IntegratorController):
                 m.reset_parameters()
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
 
     @property
     def context_length(self) -> int:

@@ -10,6 +10,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def init_gpt_weights(module: nn.Module) -> None:
+    """GPT-2 initialisation (use with `model.apply`): N(0, 0.02) weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)
+
+
 class KVCache:
     """Keys and values of one attention layer for the tokens seen so far: [B, H, T, hd]."""
 

@@ -8,7 +8,7 @@ import torch.nn as nn
 from pydantic import Field, model_validator
 
 from .generation import generate
-from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, TokenPositions
+from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, TokenPositions, init_gpt_weights
 from .registry import ModelConfig, register_model
 
 
@@ -59,16 +59,7 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, self.positions.rotary) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
+        self.apply(init_gpt_weights)
 
     def forward(self, input_ids: torch.Tensor, caches: Optional[list[KVCache]] = None) -> torch.Tensor:
         """input_ids [B, T] -> logits [B, T, V]. With `caches` (one per layer), positions continue
