@@ -20,6 +20,7 @@ import torch.nn as nn
 from pydantic import Field, model_validator
 
 from .inl import INLConfig, IntegratorBranch, IntegratorController
+from .layers import check_shapes
 from .registry import ModelConfig, register_model
 
 
@@ -89,10 +90,7 @@ class HFINLConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
-        if self.hierarchical_equilibrium and self.d_model % self.group_size:
-            raise ValueError(f"d_model {self.d_model} is not divisible by group_size {self.group_size}")
+        check_shapes(self.d_model, self.n_head, group_size=self.group_size if self.hierarchical_equilibrium else 0)
         return self
 
     @property

@@ -31,7 +31,8 @@ from pydantic import Field, model_validator
 from kernels.integrator import INIT_RAW_BIAS, controller_activations, integrator_step
 
 from .generation import generate
-from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, TokenPositions, init_gpt_weights
+from .layers import (MLP, CausalSelfAttention, KVCache, RotaryEmbedding, TokenPositions, check_shapes,
+                     init_gpt_weights)
 from .registry import ModelConfig, register_model
 
 
@@ -64,12 +65,8 @@ class INLConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
-        if self.positions == "rope" and (self.d_model // self.n_head) % 2:
-            raise ValueError("rope needs an even head dimension")
-        if self.hierarchical_equilibrium and self.d_model % self.group_size:
-            raise ValueError(f"d_model {self.d_model} is not divisible by group_size {self.group_size}")
+        check_shapes(self.d_model, self.n_head, self.positions == "rope",
+                     self.group_size if self.hierarchical_equilibrium else 0)
         return self
 
     @property

@@ -10,6 +10,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def check_shapes(d_model: int, n_head: int, rope: bool = False, group_size: int = 0) -> None:
+    """Config validation shared by the attention models: heads split d_model evenly, rotary
+    needs an even head dimension, equilibrium groups (INL) split d_model evenly."""
+    if d_model % n_head:
+        raise ValueError(f"d_model {d_model} is not divisible by n_head {n_head}")
+    if rope and (d_model // n_head) % 2:
+        raise ValueError("rope needs an even head dimension")
+    if group_size and d_model % group_size:
+        raise ValueError(f"d_model {d_model} is not divisible by group_size {group_size}")
+
+
 def init_gpt_weights(module: nn.Module) -> None:
     """GPT-2 initialisation (use with `model.apply`): N(0, 0.02) weights, zero biases."""
     if isinstance(module, nn.Linear):

@@ -8,7 +8,8 @@ import torch.nn as nn
 from pydantic import Field, model_validator
 
 from .generation import generate
-from .layers import MLP, CausalSelfAttention, KVCache, RotaryEmbedding, TokenPositions, init_gpt_weights
+from .layers import (MLP, CausalSelfAttention, KVCache, RotaryEmbedding, TokenPositions, check_shapes,
+                     init_gpt_weights)
 from .registry import ModelConfig, register_model
 
 
@@ -29,10 +30,7 @@ class TransformerConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
-        if self.positions == "rope" and (self.d_model // self.n_head) % 2:
-            raise ValueError("rope needs an even head dimension")
+        check_shapes(self.d_model, self.n_head, self.positions == "rope")
         return self
 
 
