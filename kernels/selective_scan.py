@@ -12,7 +12,7 @@ final state h_T [B, d, S] (fp32, fp64 for fp64 inputs) used to start recurrent d
 Implementations (`selective_scan(..., impl=...)` is the single dispatch models call):
 - "sequential": `selective_scan_ref`, a plain loop over T, differentiable through autograd.
   It is the reference every other path is tested against.
-- "chunked": the CPU default. T is cut into chunks; a pass over the chunk length (all
+- "chunked": the pure-PyTorch CPU path. T is cut into chunks; a pass over the chunk length (all
   chunks in parallel) gives each chunk's local end state, a short scan across chunks gives
   every chunk's true start state, and a second pass produces y. Channels are processed in
   tiles so every per-step tensor [B, chunks, d_tile, S] stays cache-sized and the
@@ -20,16 +20,20 @@ Implementations (`selective_scan(..., impl=...)` is the single dispatch models c
   (autograd.Function) saves only the chunk-start states and recomputes inside chunks in
   backward, where the gradient is the mirror-image reverse scan. The chunk length is picked
   from the shapes (`auto_chunk_size`): large batches take the longest chunks, small ones more.
-- "cpp": the recurrence as one fused C++ loop per block of channels, sequences split across
+- "cpp": the CPU default. The whole scan (delta softplus, recurrence, skip term, gate) as one
+  fused C++ loop per block of channels, channels in the vector lanes, sequences split across
   threads, with the same memory plan (states kept at chunk starts only, recomputed chunk by
   chunk in backward). kernels/selective_scan_cpu.cpp, built on first use with
-  torch.utils.cpp_extension (needs a C++ compiler; ~1 min once, then cached).
-  Opt-in (`scan_impl: cpp`); "auto" does not pick it so importing needs torch alone.
+  torch.utils.cpp_extension (a C++ compiler and ninja; ~40 s once, then cached). "auto"
+  falls back to "chunked" with a warning where it cannot be built.
 - "cuda": mamba-ssm's `selective_scan_fn`, used by "auto" only when mamba-ssm imports and
   the tensors are on a CUDA device (the `gpu` extra).
 """
 from __future__ import annotations
 
+import functools
+import warnings
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -241,66 +245,83 @@ class ChunkedSelectiveScan(torch.autograd.Function):
         return gx * delta, gd + gx * u, gA, _from_chunks(gB, t), _from_chunks(gC, t), None
 
 
-def _run_core(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size):
-    """mamba-ssm's layout around a time-major core Function (chunked or C++)."""
+def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                           return_last_state=False, chunk_size: Optional[int] = None):
+    """Chunked scan in mamba-ssm's layout (see the module docstring)."""
     dtype = u.dtype
     dt = _prepare_delta(delta, delta_bias, delta_softplus)  # [B, d, T]
-    y, last = core.apply(
+    y, last = ChunkedSelectiveScan.apply(
         _compute(u).transpose(1, 2), dt.transpose(1, 2), _compute(A),
         _compute(B).transpose(1, 2), _compute(C).transpose(1, 2), chunk_size)
     y = _finish(y.transpose(1, 2), u, D, z, dtype)
     return (y, last) if return_last_state else y
 
 
-def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                           return_last_state=False, chunk_size: Optional[int] = None):
-    """Chunked scan in mamba-ssm's layout (see the module docstring)."""
-    return _run_core(ChunkedSelectiveScan, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                     return_last_state, chunk_size)
-
-
-_CPP_EXTENSION = None
-
-
+@functools.cache
 def _cpp_extension():
-    """The fused C++ scan, compiled on first use (cached by torch in ~/.cache/torch_extensions)."""
-    global _CPP_EXTENSION
-    if _CPP_EXTENSION is None:
-        from pathlib import Path
+    """The fused C++ scan, compiled on first use (cached by torch in ~/.cache/torch_extensions;
+    concurrent processes wait on torch's build lock)."""
+    from torch.utils.cpp_extension import load
 
-        from torch.utils.cpp_extension import load
+    return load(name="neurograph_selective_scan_cpu", sources=[str(Path(__file__).with_name("selective_scan_cpu.cpp"))],
+                extra_cflags=["-O3", "-march=native", "-ffast-math"], verbose=False)
 
-        _CPP_EXTENSION = load(name="neurograph_selective_scan_cpu",
-                              sources=[str(Path(__file__).with_name("selective_scan_cpu.cpp"))],
-                              extra_cflags=["-O3", "-march=native", "-ffast-math"], verbose=False)
-    return _CPP_EXTENSION
+
+@functools.cache
+def cpp_scan_available() -> bool:
+    """True when the fused C++ scan builds here (a C++ compiler and ninja); otherwise warns
+    once, and "auto" falls back to the PyTorch chunked scan."""
+    try:
+        _cpp_extension()
+        return True
+    except Exception as err:  # no compiler, no ninja, a failed build: all mean "use PyTorch"
+        warnings.warn(f"fused C++ selective scan unavailable ({type(err).__name__}: {err}); "
+                      "using the PyTorch chunked scan", RuntimeWarning, stacklevel=2)
+        return False
 
 
 class CppSelectiveScan(torch.autograd.Function):
-    """Same contract as `ChunkedSelectiveScan`, computed by the fused C++ kernel."""
+    """The whole scan in the fused C++ kernel: delta bias and softplus, the recurrence, the skip
+    term D and the silu(z) gate. Time-major layout: u, delta, z [B, T, d] with contiguous
+    channels (any other strides); A [d, S]; B, C [B, T, S]; D, delta_bias [d]. Returns
+    y [B, T, d] and the last state [B, d, S]. Saves the inputs and the chunk-start states only."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, chunk_size: Optional[int]):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, chunk_size: Optional[int]):
         chunk = chunk_size or _MAX_CHUNK
-        u, delta, A, B, C = (x.contiguous() for x in (u, delta, A, B, C))
-        y, starts, last = _cpp_extension().forward(u, delta, A, B, C, chunk)
-        ctx.save_for_backward(u, delta, A, B, C, starts)
-        ctx.chunk = chunk
+        B, C = B.contiguous(), C.contiguous()
+        y, starts, last = _cpp_extension().forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts)
+        ctx.options = (delta_softplus, chunk)
         return y, last
 
     @staticmethod
     def backward(ctx, gy, glast):
-        u, delta, A, B, C, starts = ctx.saved_tensors
-        gu, gdelta, gA, gB, gC = _cpp_extension().backward(
-            u, delta, A, B, C, starts, gy.contiguous(), None if glast is None else glast.contiguous(), ctx.chunk)
-        return gu, gdelta, gA, gB, gC, None
+        u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
+        gu, gdelta, gz, gA, gD, gbias, gB, gC = _cpp_extension().backward(
+            u, delta, A, B, C, D, z, delta_bias, *ctx.options, starts, gy.contiguous(),
+            None if glast is None else glast.contiguous())
+        return (gu, gdelta, gA, gB, gC, gD if D is not None else None, gz,
+                gbias if delta_bias is not None else None, None, None)
+
+
+def _time_major(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """[B, F, T] (mamba-ssm layout) -> [B, T, F] view in compute precision, channels contiguous."""
+    if x is None:
+        return None
+    x = _compute(x).transpose(1, 2)
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def selective_scan_cpp(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False, chunk_size: Optional[int] = None):
     """Fused C++ scan in mamba-ssm's layout (CPU tensors)."""
-    return _run_core(CppSelectiveScan, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                     return_last_state, chunk_size)
+    vector = lambda v: None if v is None else _compute(v).contiguous()  # noqa: E731
+    y, last = CppSelectiveScan.apply(
+        _time_major(u), _time_major(delta), vector(A), _time_major(B), _time_major(C), vector(D), _time_major(z),
+        vector(delta_bias), delta_softplus, chunk_size)
+    y = y.transpose(1, 2).to(u.dtype)
+    return (y, last) if return_last_state else y
 
 
 def cuda_scan_available() -> bool:
@@ -309,12 +330,15 @@ def cuda_scan_available() -> bool:
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, impl: str = "auto", chunk_size: Optional[int] = None):
-    """The single dispatch point. impl: auto | sequential | chunked | cpp | cuda. `chunk_size`
-    (chunked path only): None or 0 picks it from the shapes (`auto_chunk_size`).
-    "auto" takes mamba-ssm's CUDA kernel when it imports and `u` is on a CUDA device,
-    else the chunked CPU path."""
+    """The single dispatch point. impl: auto | sequential | chunked | cpp | cuda. `chunk_size`:
+    None or 0 picks it (chunked: from the shapes, `auto_chunk_size`; cpp: 64).
+    "auto" takes mamba-ssm's CUDA kernel when it imports and `u` is on a CUDA device; on CPU
+    the fused C++ scan when it builds, else the PyTorch chunked scan."""
     if impl == "auto":
-        impl = "cuda" if (u.is_cuda and _mamba_ssm_scan is not None) else "chunked"
+        if u.is_cuda:
+            impl = "cuda" if _mamba_ssm_scan is not None else "chunked"
+        else:
+            impl = "cpp" if cpp_scan_available() else "chunked"
     if impl == "cuda":
         if _mamba_ssm_scan is None:
             raise RuntimeError("impl='cuda' needs mamba-ssm with its CUDA extension (pip install '.[gpu]')")

@@ -251,28 +251,29 @@ class IntegratorBranch(nn.Module):
         })
 
     def _adaptive(self, z: torch.Tensor, ctx: torch.Tensor, mu: torch.Tensor, ctrl: IntegratorController):
-        """Per-token early stopping: after `min_iterations`, tokens with ||z_k - z_{k-1}|| < threshold
-        are written out and removed from the working set (gathered), so they cost nothing more."""
-        n = z.shape[0]
-        out = torch.empty_like(z)
-        iters = torch.full((n,), self.num_iterations, dtype=torch.int32, device=z.device)
-        idx = torch.arange(n, device=z.device)
+        """Per-token early stopping. Every token runs `min_iterations`; before each further
+        iteration, tokens whose last update ||z_k - z_{k-1}|| was below the threshold keep z_k and
+        leave the working set, so they cost nothing more. The result tensor is the state after
+        `min_iterations` (no copy); only the rows of tokens still iterating are rewritten.
+        Returns z [N, D] and the iterations used per token [N]."""
         v = None
-        for k in range(1, self.num_iterations + 1):
-            raw = ctrl(ctx, z, v, self.layer)
-            z_new, v = integrator_step(z, v, mu, raw, self.dt)
-            if self.min_iterations <= k < self.num_iterations:
-                done = (z_new - z).norm(dim=-1) < self.stop_threshold
-                if bool(done.any()):
-                    stopped = idx[done]
-                    out[stopped] = z_new[done]
-                    iters[stopped] = k
-                    keep = ~done
-                    idx, z_new, v, ctx = idx[keep], z_new[keep], v[keep], ctx[keep]
-                    if idx.numel() == 0:
-                        return out, iters
-            z = z_new
-        out[idx] = z
+        for _ in range(min(self.min_iterations, self.num_iterations)):
+            prev = z
+            z, v = integrator_step(z, v, mu, ctrl(ctx, z, v, self.layer), self.dt)
+        out = z
+        iters = torch.full((z.shape[0],), min(self.min_iterations, self.num_iterations), dtype=torch.int32,
+                           device=z.device)
+        rows = None  # rows of `out` still iterating (None: all of them)
+        for _ in range(self.min_iterations, self.num_iterations):
+            moving = ((z - prev).norm(dim=-1) >= self.stop_threshold).nonzero().squeeze(1)
+            if moving.numel() == 0:
+                break
+            rows = moving if rows is None else rows[moving]
+            z, v, ctx = z.index_select(0, moving), v.index_select(0, moving), ctx.index_select(0, moving)
+            prev = z
+            z, v = integrator_step(z, v, mu, ctrl(ctx, z, v, self.layer), self.dt)
+            out[rows] = z
+            iters[rows] += 1
         return out, iters
 
 

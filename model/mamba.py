@@ -112,9 +112,11 @@ class MambaBlock(nn.Module):
         K = self.d_conv
         w = self._conv_weight()  # [(N, 1,) K, d_inner]
         padded = F.pad(xi, (0, 0, K - 1, 0))
-        xc = sum(padded[..., k : k + t, :] * w[..., k, :] for k in range(K))
+        xc = padded[..., K - 1 :, :] * w[..., K - 1, :]
+        for k in range(K - 1):  # in-place multiply-adds: one pass over [..., T, d_inner] per tap
+            xc.addcmul_(padded[..., k : k + t, :], w[..., k, :])
         if self.conv_bias is not None:
-            xc = xc + self._conv_bias()
+            xc += self._conv_bias()
         xc = F.silu(xc)
         dt, B, C = self._ssm_params(xc)
         flat = lambda v: v.reshape(-1, t, v.shape[-1]).transpose(1, 2)  # noqa: E731  [M, F, T]

@@ -45,11 +45,12 @@ def test_chunked_matches_reference_outputs_and_gradients(b, d, s, t, chunk):
         torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9, msg=f"gradient of {name}")
 
 
-def test_chunked_fp32_matches_reference_without_optional_inputs():
-    x = _inputs(2, 8, 4, 45, dtype=torch.float32)
+@pytest.mark.parametrize("impl", ["chunked", pytest.param("cpp", marks=pytest.mark.slow)])
+def test_fp32_matches_reference_without_optional_inputs(impl):
+    x = _inputs(2, 40, 4, 45, dtype=torch.float32)  # 40 channels: one full C++ block and a partial one
     args = (x["u"], x["delta"].detach().abs().requires_grad_(), x["A"], x["B"], x["C"])
     y_ref = ss.selective_scan_ref(*args)
-    y = ss.selective_scan_chunked(*args, chunk_size=16)
+    y = ss.selective_scan(*args, impl=impl, chunk_size=16)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     g_ref = torch.autograd.grad(y_ref.square().sum(), args)
     g = torch.autograd.grad(y.square().sum(), args)
@@ -101,7 +102,8 @@ def test_chunked_backward_saves_only_chunk_boundary_states():
 def test_dispatch():
     x = _inputs(1, 4, 2, 10)
     args = (x["u"], x["delta"], x["A"], x["B"], x["C"])
-    torch.testing.assert_close(ss.selective_scan(*args, impl="auto"), ss.selective_scan_chunked(*args), rtol=0, atol=0)
+    cpu_default = ss.selective_scan_cpp if ss.cpp_scan_available() else ss.selective_scan_chunked
+    torch.testing.assert_close(ss.selective_scan(*args, impl="auto"), cpu_default(*args), rtol=0, atol=0)
     torch.testing.assert_close(ss.selective_scan(*args, impl="sequential"), ss.selective_scan_ref(*args), rtol=0, atol=0)
     with pytest.raises(ValueError):
         ss.selective_scan(*args, impl="nope")
@@ -120,7 +122,8 @@ def test_cuda_kernel_matches_reference():
 
 
 @pytest.mark.slow  # builds the C++ extension on first use (~1 min, then cached)
-@pytest.mark.parametrize("b,d,s,t,chunk", [(2, 5, 3, 13, 4), (3, 21, 5, 37, 8), (1, 7, 4, 1, None)])
+@pytest.mark.parametrize("b,d,s,t,chunk", [(2, 5, 3, 13, 4), (3, 21, 5, 37, 8), (1, 7, 4, 1, None),
+                                            (2, 70, 3, 19, 5)])  # 70 channels: blocks of 32, 32 and 6
 def test_cpp_matches_reference_outputs_and_gradients(b, d, s, t, chunk):
     x = _inputs(b, d, s, t)
     y_ref, last_ref = _run(ss.selective_scan_ref, x)
