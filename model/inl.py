@@ -256,15 +256,14 @@ class IntegratorBranch(nn.Module):
         leave the working set, so they cost nothing more. The result tensor is the state after
         `min_iterations` (no copy); only the rows of tokens still iterating are rewritten.
         Returns z [N, D] and the iterations used per token [N]."""
-        v = None
-        for _ in range(min(self.min_iterations, self.num_iterations)):
+        v, first = None, min(self.min_iterations, self.num_iterations)
+        for _ in range(first):
             prev = z
             z, v = integrator_step(z, v, mu, ctrl(ctx, z, v, self.layer), self.dt)
         out = z
-        iters = torch.full((z.shape[0],), min(self.min_iterations, self.num_iterations), dtype=torch.int32,
-                           device=z.device)
+        iters = torch.full((z.shape[0],), first, dtype=torch.int32, device=z.device)
         rows = None  # rows of `out` still iterating (None: all of them)
-        for _ in range(self.min_iterations, self.num_iterations):
+        for _ in range(first, self.num_iterations):
             moving = ((z - prev).norm(dim=-1) >= self.stop_threshold).nonzero().squeeze(1)
             if moving.numel() == 0:
                 break

@@ -56,7 +56,19 @@ def test_adaptive_stopping_same_logits_fewer_iterations(trained_tiny):
     with torch.no_grad():
         assert torch.equal(model(ids), full)
     assert bool((model.iterations_used() == 5).all())
-    model.set_adaptive_stopping(False)
+    # infinite threshold: every token stops at min_iterations -> bit-identical to K = 3
+    model.set_adaptive_stopping(True, threshold=float("inf"))
+    with torch.no_grad():
+        stopped_at_3 = model(ids)
+        assert bool((model.iterations_used() == 3).all())
+        model.set_adaptive_stopping(False)
+        for it in model.integrators():
+            it.num_iterations = 3
+        try:
+            assert torch.equal(model(ids), stopped_at_3)
+        finally:
+            for it in model.integrators():
+                it.num_iterations = 5
 
 
 def test_stopped_tokens_leave_the_computation(trained_tiny):
