@@ -34,8 +34,9 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
-bench: install
-	$(PY) bench/inn.py
+bench: install  # the goal tables of BENCHMARKS.md (the ablations, ~25 min: bench/inn_ablations.py)
+	OMP_NUM_THREADS=2 $(PY) bench/inn.py
+	OMP_NUM_THREADS=1 $(PY) bench/inl.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
