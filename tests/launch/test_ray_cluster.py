@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.trainer.runs import TINY_TRANSFORMER, losses, train
+from tests.trainer.runs import TINY_TRANSFORMER, losses, running, train, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -171,24 +171,16 @@ def test_ray_jobs_match_local_launcher_and_resume(ray_cluster, tmp_path, char_da
 def test_killed_worker_is_restarted_from_the_latest_checkpoint(ray_cluster, tmp_path, char_data, local_losses):
     config = write_config(tmp_path, char_data, "faulty")
     run_dir = tmp_path / "faulty"
-    log = open(tmp_path / "job.log", "w")
-    job = subprocess.Popen(submit_cmd(config, *COMMON, "launcher.ray.max_failures=2"), env=job_env(ray_cluster),
-                           stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
+    log = tmp_path / "job.log"
+    with running(submit_cmd(config, *COMMON, "launcher.ray.max_failures=2"), log, env=job_env(ray_cluster),
+                 cwd=REPO) as job:
         # Once step 16 is published, the reports of steps 4 and 8 (each ~2 s) have reached the
         # Ray Train controller (it polls the workers every 2 s); steps 17-24 remain
-        deadline = time.monotonic() + 300
-        while not (run_dir / "checkpoints" / "step_00000016").is_dir():
-            assert job.poll() is None and time.monotonic() < deadline, (tmp_path / "job.log").read_text()[-5000:]
-            time.sleep(0.05)
+        wait_for(lambda: (run_dir / "checkpoints" / "step_00000016").is_dir(), job, log)
         victim = int((run_dir / "ray_worker_rank1.pid").read_text())
         os.kill(victim, signal.SIGKILL)
         code = job.wait(timeout=600)
-    finally:
-        if job.poll() is None:
-            job.kill()
-        log.close()
-    output = (tmp_path / "job.log").read_text()
+    output = log.read_text()
     assert code == 0, output[-8000:]
     resumed = re.search(r"Ray Train restart: resuming from \S*/step_(\d{8})", output)
     assert resumed and int(resumed.group(1)) >= 8, output[-8000:]

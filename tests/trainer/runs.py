@@ -1,12 +1,15 @@
 """End-to-end training runs for tests: `neurograph train` in a subprocess (real torchrun ranks,
-real DeepSpeed engines on gloo), returning the records of the run's metrics file."""
+real DeepSpeed engines on gloo), returning the records of the run's metrics file; and a
+background process to act on while it runs (`running`, `wait_for`)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import yaml
 
@@ -37,3 +40,24 @@ def train(tmp_path: Path, data_dir: Path, name: str, *overrides: str, resume: bo
 
 def losses(records: list[dict]) -> list[float]:
     return [r["train/loss"] for r in records]
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], log_path: Path, **popen) -> Iterator[subprocess.Popen]:
+    """A subprocess writing stdout and stderr to `log_path`; killed on exit if still running."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, **popen)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, log_path: Path, timeout: float = 300,
+             poll: float = 0.05) -> None:
+    """Poll until `condition()` holds; fail with the log's tail if `proc` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-5000:]
+        time.sleep(poll)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .runs import TINY_TRANSFORMER
+from .runs import TINY_TRANSFORMER, running, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -134,25 +134,15 @@ def test_server_stopped_mid_run_loses_nothing(mlflow_server, tmp_path, char_data
                           system_metrics_every=1.0)
     run_dir = tmp_path / "outage"
     steps = 40  # ~2 s of training: the server is killed right after the run is created
-    log = open(tmp_path / "train.log", "w")
-    proc = subprocess.Popen(cli(config, "trainer.num_processes=1", f"trainer.max_steps={steps}"), stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300
-        while not (run_dir / "mlflow_run_id").is_file():  # the run exists, training starts
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "train.log").read_text()[-4000:]
-            time.sleep(0.02)
+    log = tmp_path / "train.log"
+    with running(cli(config, "trainer.num_processes=1", f"trainer.max_steps={steps}"), log) as proc:
+        wait_for(lambda: (run_dir / "mlflow_run_id").is_file(), proc, log, poll=0.02)  # the run exists
         mlflow_server.stop(signal.SIGKILL)
-        while steps_written(run_dir) < steps:  # training goes on while the server is down
-            assert proc.poll() is None, (tmp_path / "train.log").read_text()[-4000:]  # waits for the server
-            time.sleep(0.2)
+        # training goes on while the server is down (it then waits for the server to finish)
+        wait_for(lambda: steps_written(run_dir) >= steps, proc, log, poll=0.2)
         mlflow_server.start()
         code = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
-    output = (tmp_path / "train.log").read_text()
+    output = log.read_text()
     assert code == 0, output[-6000:]
     assert "unreachable" in output and "reachable again" in output, output[-6000:]
     assert "dropped" not in output
