@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from .errors import DataError, ShardError
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -15,10 +17,6 @@ TOKEN_FIELD = "tokens.npy"  # the one field of every sample: a uint16/uint32 arr
 def sample_key(split: str, index: int) -> str:
     """The WebDataset key of sample `index` of `split` (split-wide numbering)."""
     return f"{split}-{index:09d}"
-
-
-class ShardError(RuntimeError):
-    """A shard is missing, truncated or corrupt; the message names the shard file."""
 
 
 def load_manifest(data_dir: str | os.PathLike) -> dict:
