@@ -7,3 +7,7 @@ class DataError(ValueError):
 
 class ShardError(DataError):
     """A shard is missing, truncated or corrupt; the message names the shard file."""
+
+
+class MissingData(DataError, FileNotFoundError):
+    """A data directory, manifest, shard or tokenizer file that is not there."""

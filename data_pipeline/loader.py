@@ -1,207 +1,163 @@
-"""`StreamingTokenLoader`: one rank's micro-batches from a prepared split, streamed from its own
-shards, resumable from a small state dict, and the same global batch whatever the world size.
+"""`StreamingTokenLoader`: one rank's micro-batches from one prepared split or a weighted
+mixture of several, for any number of shards, ranks, rows and DataLoader workers.
 
-Layout. The global micro-batch has `slots = micro_batch_size * world_size` rows. In epoch e the
-split's shards are shuffled with `random.Random(seed * 1000003 + e)` (or kept in order) and shard
-i is dealt to slot i % slots. A slot's stream is its shards in that order, samples in file order,
-then its shards of epoch e+1, and so on. Rank r owns slots [r*mb, (r+1)*mb); row j of its
-micro-batch k is sample k of slot r*mb+j. DataLoader worker w of W serves the rank's slots
-j = w (mod W); items arrive round-robin by worker, so mb consecutive items are rows 0..mb-1.
-"""
+Layout. The stream is the global sample order of `order.py` (a blend of sources for a
+mixture). Global micro-batch k holds stream positions [k*G, (k+1)*G) with G = micro_batch_size
+x world_size; rank r takes rows [r*mb, (r+1)*mb) of it. So the global batch never depends on
+the world size, and one shard serves 64 ranks as well as one. DataLoader worker w of W builds
+the micro-batches k = w (mod W); the DataLoader hands them out round-robin, i.e. in order.
+The position (samples consumed) is the resumable state: resuming with another world size or
+micro-batch continues the same global order.
+
+An evaluation pass (loop=False) reads every sample of the split(s) once, unshuffled; rows past
+the end of the last micro-batch are IGNORE_INDEX so every rank runs the same number of batches
+and no token is counted twice."""
 from __future__ import annotations
 
-import hashlib
-import io
 import itertools
+import logging
 import os
-import random
+from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .manifest import TOKEN_FIELD, ShardError, load_manifest, sample_key
+from .errors import DataError, ShardError
+from .manifest import load_manifest
+from .order import MixtureSchedule, SplitOrder
+from .shards import ShardSpec, read_shard
 
-STATE_VERSION = 1
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 2
+IGNORE_INDEX = -100  # token value of padding rows in an evaluation pass (ignored by the loss)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One prepared split as the readers see it (picklable: no open files)."""
+
+    data_dir: str
+    shards: tuple[ShardSpec, ...]
+    dtype: str
+    stored_len: int  # tokens per stored sample (prepared seq_len + 1)
+    vocab_size: int
+    order: SplitOrder
+
+    def read(self, shard: int) -> np.ndarray:
+        return read_shard(self.data_dir, self.shards[shard], np.dtype(self.dtype), self.stored_len, self.vocab_size)
+
+
+class _Reader:
+    """Rows of the stream by (source, ordinal), through a small cache of verified shards."""
+
+    def __init__(self, sources: Sequence[_Source], sample_len: int, cache_shards: int):
+        self.sources, self.sample_len, self.capacity = sources, sample_len, cache_shards
+        self._cache: "OrderedDict[tuple[int, int], np.ndarray]" = OrderedDict()
+
+    def _shard(self, source: int, shard: int) -> np.ndarray:
+        key = (source, shard)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        else:
+            self._cache[key] = self.sources[source].read(shard)
+            if len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
+        return self._cache[key]
+
+    def rows(self, source_ids: np.ndarray, ordinals: np.ndarray) -> np.ndarray:
+        out = np.empty((len(ordinals), self.sample_len), dtype=np.int64)
+        for s in np.unique(source_ids):
+            mine = np.flatnonzero(source_ids == s)
+            shards, offsets = self.sources[s].order.locate(ordinals[mine])
+            for shard in np.unique(shards):
+                pick = shards == shard
+                out[mine[pick]] = self._shard(int(s), int(shard))[offsets[pick], : self.sample_len]
+        return out
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """Everything a worker needs to read its slots (picklable, no open files)."""
+    """Everything a worker needs to build its micro-batches."""
 
-    data_dir: str
-    split: str
-    files: tuple[str, ...]
-    counts: tuple[int, ...]
-    sizes: tuple[int, ...]
-    sha256: tuple[str, ...]
-    firsts: tuple[int, ...]  # split-wide index of each shard's first sample
-    dtype: str
-    prepared_len: int  # tokens per stored sample (prepared seq_len + 1)
-    sample_len: int  # tokens per returned row (seq_len + 1)
-    vocab_size: int
-    slots: int
+    sources: tuple[_Source, ...]
+    weights: tuple[float, ...]
     seed: int
-    shuffle: bool
+    sample_len: int
+    global_rows: int  # G
+    first_row: int  # r * mb
+    rows: int  # mb
+    loop: bool
+    cache_shards: int
 
-    @classmethod
-    def from_manifest(cls, data_dir, manifest: dict, split: str, slots: int, seq_len: int, seed: int, shuffle: bool) -> "_Plan":
-        if split not in manifest["splits"]:
-            raise ValueError(f"{data_dir} has no split {split!r}; splits: {', '.join(manifest['splits'])}")
-        shards = manifest["splits"][split]["shards"]
-        counts = tuple(int(s["samples"]) for s in shards)
-        return cls(
-            data_dir=str(data_dir), split=split,
-            files=tuple(s["file"] for s in shards), counts=counts,
-            sizes=tuple(int(s["bytes"]) for s in shards), sha256=tuple(s["sha256"] for s in shards),
-            firsts=tuple(itertools.accumulate((0,) + counts[:-1])),
-            dtype=manifest["dtype"], prepared_len=int(manifest["seq_len"]) + 1, sample_len=seq_len + 1,
-            vocab_size=int(manifest["tokenizer"]["vocab_size"]),
-            slots=slots, seed=seed, shuffle=shuffle,
-        )
+    @property
+    def total(self) -> int:
+        """Samples of one evaluation pass (all sources, each once)."""
+        return sum(s.order.total for s in self.sources)
 
-    def slot_shards(self, slot: int, epoch: int) -> list[int]:
-        """Shard indices of `slot` in `epoch`, in reading order."""
-        order = list(range(len(self.files)))
-        if self.shuffle:
-            random.Random(self.seed * 1000003 + epoch).shuffle(order)
-        return order[slot :: self.slots]
-
-    def slot_epoch_samples(self, slot: int, epoch: int) -> int:
-        return sum(self.counts[i] for i in self.slot_shards(slot, epoch))
-
-    def position(self, slot: int, k: int) -> tuple[int, int, int]:
-        """(epoch, index into slot_shards, sample offset in that shard) of sample k of `slot`,
-        from the manifest's counts alone."""
-        epoch = 0
-        while True:
-            shards = self.slot_shards(slot, epoch)
-            for index, shard in enumerate(shards):
-                if k < self.counts[shard]:
-                    return epoch, index, k
-                k -= self.counts[shard]
-            epoch += 1
-
-    def slot_stream(self, slot: int, start: int, loop: bool) -> Iterator[np.ndarray]:
-        """Samples of `slot` from its sample `start`; endless if `loop`, else epoch 0 only."""
-        epoch, index, offset = self.position(slot, start)
-        while loop or epoch == 0:
-            shards = self.slot_shards(slot, epoch)
-            for shard in shards[index:]:
-                for _, tokens in read_shard(self, shard, skip=offset):
-                    yield tokens
-                offset = 0
-            epoch, index = epoch + 1, 0
+    def assign(self, positions: np.ndarray, schedule: Optional[MixtureSchedule]) -> tuple[np.ndarray, np.ndarray]:
+        """(source, ordinal) of stream positions."""
+        if not self.loop:  # sources one after the other, each read once
+            ends = np.cumsum([s.order.total for s in self.sources])
+            src = np.searchsorted(ends, positions, side="right")
+            return src, positions - np.concatenate([[0], ends[:-1]])[src]
+        if schedule is None:
+            return np.zeros_like(positions), positions
+        return schedule.assign(positions)
 
 
-class _HashingReader(io.RawIOBase):
-    """A read-only file that hashes and counts what passes through it."""
+class _RankBatches(IterableDataset):
+    """(k, micro-batch k) of one rank for k in [0, stop), worker w taking k = w (mod W). Rows are
+    located and gathered CHUNK micro-batches at a time, so the per-batch cost is a slice."""
 
-    def __init__(self, raw):
-        self.raw, self.digest, self.nbytes = raw, hashlib.sha256(), 0
+    CHUNK = 64
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        n = self.raw.readinto(buffer)
-        if n:
-            self.digest.update(memoryview(buffer)[:n])
-            self.nbytes += n
-        return n
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-
-def read_shard(plan: _Plan, shard: int, skip: int = 0) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (key, tokens[:sample_len]) of one shard from sample `skip` on, via webdataset's tar
-    reader. Keys, dtype, shape, token range, sample count, size and sha256 are checked against the
-    manifest (the last three once the shard is read to its end); any failure raises ShardError
-    naming the shard file."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
-    name = plan.files[shard]
-    path = os.path.join(plan.data_dir, name)
-    expected = plan.counts[shard]
-    read = 0
-    try:
-        with open(path, "rb") as raw:
-            stream = _HashingReader(raw)
-            files = tar_file_expander([{"url": name, "stream": io.BufferedReader(stream)}])
-            for sample in group_by_keys(files):
-                key = sample_key(plan.split, plan.firsts[shard] + read)
-                if read >= expected:
-                    raise ShardError(f"shard {name} holds more samples than the manifest's {expected}")
-                if sample.get("__key__") != key or TOKEN_FIELD not in sample:
-                    raise ShardError(f"shard {name}: sample {read} is {sample.get('__key__')!r} with fields "
-                                     f"{sorted(k for k in sample if not k.startswith('__'))}, expected {key!r} with {TOKEN_FIELD}")
-                read += 1
-                if read <= skip:
-                    continue
-                yield key, _decode(plan, name, key, sample[TOKEN_FIELD])
-            if read != expected:
-                raise ShardError(f"shard {name} holds {read} samples but the manifest says {expected} (truncated or corrupt)")
-            stream.drain()
-            if stream.nbytes != plan.sizes[shard]:
-                raise ShardError(f"shard {name} is {stream.nbytes} bytes but the manifest says {plan.sizes[shard]} (truncated or replaced)")
-            if stream.digest.hexdigest() != plan.sha256[shard]:
-                raise ShardError(f"shard {name} fails its sha256 check (corrupt)")
-    except ShardError:
-        raise
-    except Exception as err:  # tar, npy or I/O errors: name the shard
-        raise ShardError(f"cannot read shard {name} ({path}) after {read} samples: {type(err).__name__}: {err}") from err
-
-
-def _decode(plan: _Plan, name: str, key: str, data: bytes) -> np.ndarray:
-    array = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-    if array.dtype != np.dtype(plan.dtype) or array.shape != (plan.prepared_len,):
-        raise ShardError(f"shard {name}: sample {key} is {array.dtype}{list(array.shape)}, "
-                         f"expected {plan.dtype}[{plan.prepared_len}]")
-    array = array[: plan.sample_len]
-    if array.size and int(array.max()) >= plan.vocab_size:
-        raise ShardError(f"shard {name}: sample {key} has token id {int(array.max())} >= vocab_size {plan.vocab_size} (corrupt)")
-    return array
-
-
-def _worker_rows(rows: int, worker: int, workers: int) -> list[int]:
-    """Rows (local slot indices) served by DataLoader worker `worker` of `workers`."""
-    return list(range(worker, rows, workers))
-
-
-class _RankSamples(IterableDataset):
-    """Single samples of one rank, tagged (micro-batch, row), round-robin over its worker's rows."""
-
-    def __init__(self, plan: _Plan, first_slot: int, rows: int, start: int, stop: Optional[int], loop: bool):
-        self.plan, self.first_slot, self.rows = plan, first_slot, rows
-        self.start, self.stop, self.loop = start, stop, loop
+    def __init__(self, plan: _Plan, start: int, stop: Optional[int]):
+        self.plan, self.start, self.stop = plan, start, stop
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        rows = _worker_rows(self.rows, worker, workers)
-        streams = [self.plan.slot_stream(self.first_slot + j, self.start, self.loop) for j in rows]
-        for k in (itertools.count(self.start) if self.stop is None else range(self.start, self.stop)):
-            for j, stream in zip(rows, streams):
-                yield k, j, torch.from_numpy(next(stream).astype(np.int64))
+        p = self.plan
+        reader = _Reader(p.sources, p.sample_len, p.cache_shards)
+        schedule = MixtureSchedule(p.weights, p.seed) if p.loop and len(p.sources) > 1 else None
+        for first in itertools.count(worker, workers * self.CHUNK):
+            ks = first + workers * np.arange(self.CHUNK)
+            if self.stop is not None:
+                ks = ks[ks < self.stop]
+                if not len(ks):
+                    return
+            positions = (self.start + ks[:, None] * p.global_rows + p.first_row + np.arange(p.rows)).ravel()
+            if p.loop:
+                batch = reader.rows(*p.assign(positions, schedule))
+            else:  # an evaluation pass: positions past the end are padding
+                batch = np.full((len(positions), p.sample_len), IGNORE_INDEX, dtype=np.int64)
+                valid = positions < p.total
+                if valid.any():
+                    batch[valid] = reader.rows(*p.assign(positions[valid], schedule))
+            for i, k in enumerate(ks):
+                yield int(k), torch.from_numpy(batch[i * p.rows : (i + 1) * p.rows])
 
 
 class StreamingTokenLoader:
     """Iterate LongTensor micro-batches [micro_batch_size, seq_len + 1] of one rank.
 
     loop=True (training): endless, each `iter()` continues where the last batch left off;
-    `state_dict()`/`load_state_dict()` resume exactly. loop=False (evaluation): each slot reads its
-    epoch-0 shards once and the pass stops when any slot runs out, so every rank yields the same
-    number of batches (`num_batches`); a new `iter()` starts a new pass. `max_batches` caps the
-    batches of one `iter()` in both modes."""
+    `state_dict()`/`load_state_dict()` resume exactly. loop=False (evaluation): one pass over
+    every sample of the split, padded with IGNORE_INDEX rows at the end, then a new `iter()`
+    starts again; `max_batches` caps a pass (and any `iter()` when looping).
+
+    `data_dir` is a prepared directory (or URL), or a list of (directory, weight) pairs for a
+    mixture. `on_corrupt="skip"` verifies every shard up front and leaves the bad ones out of
+    the order (counted in `skipped_shards`); "fail" raises ShardError, naming the shard, before
+    any sample of a bad shard is used."""
 
     def __init__(
         self,
-        data_dir: str | os.PathLike,
+        data_dir: str | os.PathLike | Sequence[tuple[str, float]],
         split: str = "train",
         *,
         micro_batch_size: int,
@@ -213,44 +169,74 @@ class StreamingTokenLoader:
         seed: int = 0,
         loop: bool = True,
         max_batches: Optional[int] = None,
+        shuffle_window: int = 8,
+        on_corrupt: str = "fail",
+        samples_per_step: Optional[int] = None,
     ):
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+            raise DataError(f"rank {rank} is not in a world of size {world_size}")
         if micro_batch_size < 1:
-            raise ValueError(f"trainer.micro_batch_size must be positive, got {micro_batch_size}")
+            raise DataError(f"trainer.micro_batch_size must be positive, got {micro_batch_size}")
         if num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
-        if num_workers and micro_batch_size % num_workers:
-            raise ValueError(f"data.num_workers={num_workers} must divide trainer.micro_batch_size={micro_batch_size} "
-                             "(each worker serves the same number of rows)")
+            raise DataError(f"data.num_workers must be >= 0, got {num_workers}")
         if max_batches is not None and max_batches < 0:
-            raise ValueError(f"max_batches must be >= 0, got {max_batches}")
-        self.data_dir = Path(data_dir)
-        self.manifest = load_manifest(self.data_dir)
-        prepared = int(self.manifest["seq_len"])
+            raise DataError(f"max_batches must be >= 0, got {max_batches}")
+        if on_corrupt not in ("fail", "skip"):
+            raise DataError(f"data.on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
+        mixture = [(str(data_dir), 1.0)] if isinstance(data_dir, (str, os.PathLike)) else [(str(d), float(w)) for d, w in data_dir]
+        self.names = [d for d, _ in mixture]
+        self.manifest = load_manifest(mixture[0][0])
+        prepared = min(int(load_manifest(d)["seq_len"]) for d, _ in mixture)
         self.seq_len = prepared if seq_len is None else int(seq_len)
         if not 0 < self.seq_len <= prepared:
-            raise ValueError(f"data.seq_len={self.seq_len} must be between 1 and the prepared seq_len {prepared}")
+            raise DataError(f"data.seq_len={self.seq_len} must be between 1 and the prepared seq_len {prepared}")
         self.split, self.rank, self.world_size = split, rank, world_size
         self.micro_batch_size, self.num_workers = micro_batch_size, num_workers
-        self.shuffle, self.seed, self.loop, self.max_batches = shuffle, int(seed), loop, max_batches
-        self.slots = micro_batch_size * world_size
-        self._plan = _Plan.from_manifest(self.data_dir, self.manifest, split, self.slots, self.seq_len, self.seed, shuffle)
-        shards = len(self._plan.files)
-        if shards < self.slots:
-            raise ValueError(
-                f"the {split} split of {self.data_dir} has {shards} shards but micro_batch_size x world_size = "
-                f"{micro_batch_size} x {world_size} = {self.slots} streams need at least {self.slots}; "
-                f"prepare it again with a smaller --samples-per-shard (now {self.manifest.get('samples_per_shard', '?')})")
-        self._next = 0  # index of the next micro-batch
+        self.shuffle, self.seed, self.loop, self.max_batches = shuffle and loop, int(seed), loop, max_batches
+        self.global_rows = micro_batch_size * world_size
+        self.samples_per_step = samples_per_step or self.global_rows
+        self.skipped_shards: list[str] = []
+        sources = tuple(self._source(d, split, shuffle_window, on_corrupt) for d, _ in mixture)
+        self._plan = _Plan(sources=sources, weights=tuple(w for _, w in mixture), seed=self.seed,
+                           sample_len=self.seq_len + 1, global_rows=self.global_rows,
+                           first_row=rank * micro_batch_size, rows=micro_batch_size, loop=loop,
+                           cache_shards=len(sources) * (shuffle_window + 1))
+        self._consumed = 0  # stream positions before the next micro-batch
+
+    def _source(self, data_dir: str, split: str, window: int, on_corrupt: str) -> _Source:
+        manifest = load_manifest(data_dir)
+        if split not in manifest["splits"]:
+            raise DataError(f"{data_dir} has no split {split!r}; splits: {', '.join(manifest['splits'])}")
+        if manifest["tokenizer"] != self.manifest["tokenizer"]:
+            raise DataError(f"data.mixture: {data_dir} uses another tokenizer than {self.names[0]} "
+                            f"({manifest['tokenizer']} vs {self.manifest['tokenizer']})")
+        specs = tuple(ShardSpec(s["file"], int(s["samples"]), int(s["bytes"]), s["sha256"]) for s in manifest["splits"][split]["shards"])
+        stored_len, vocab = int(manifest["seq_len"]) + 1, int(manifest["tokenizer"]["vocab_size"])
+        if on_corrupt == "skip":
+            good = []
+            for spec in specs:
+                try:
+                    read_shard(data_dir, spec, np.dtype(manifest["dtype"]), stored_len, vocab)
+                    good.append(spec)
+                except ShardError as err:
+                    log.warning("data.on_corrupt=skip: leaving out %s", err)
+                    self.skipped_shards.append(f"{data_dir}/{spec.file}")
+            specs = tuple(good)
+            if not specs:
+                raise ShardError(f"every shard of the {split} split of {data_dir} is bad")
+        order = SplitOrder([s.samples for s in specs], self.seed, self.shuffle, window)
+        return _Source(str(data_dir), specs, manifest["dtype"], stored_len, vocab, order)
 
     @classmethod
     def from_config(cls, data_cfg, *, split: str, micro_batch_size: int, rank: int, world_size: int, seed: int,
-                    loop: bool = True, max_batches: Optional[int] = None) -> "StreamingTokenLoader":
-        """Build from the run config's `data` section (DataConfig)."""
-        return cls(data_cfg.path, split, micro_batch_size=micro_batch_size, rank=rank, world_size=world_size,
-                   seq_len=data_cfg.seq_len, num_workers=data_cfg.num_workers, shuffle=data_cfg.shuffle,
-                   seed=seed, loop=loop, max_batches=max_batches)
+                    loop: bool = True, max_batches: Optional[int] = None,
+                    samples_per_step: Optional[int] = None) -> "StreamingTokenLoader":
+        """Build from the run config's `data` section (DataConfig): its path or its mixture."""
+        source = [(m.path, m.weight) for m in data_cfg.mixture] if data_cfg.mixture else data_cfg.path
+        return cls(source, split, micro_batch_size=micro_batch_size, rank=rank, world_size=world_size,
+                   seq_len=data_cfg.seq_len, num_workers=data_cfg.num_workers, shuffle=data_cfg.shuffle and loop,
+                   seed=seed, loop=loop, max_batches=max_batches, shuffle_window=data_cfg.shuffle_window,
+                   on_corrupt=data_cfg.on_corrupt, samples_per_step=samples_per_step)
 
     @property
     def vocab_size(self) -> int:
@@ -258,41 +244,46 @@ class StreamingTokenLoader:
 
     @property
     def num_batches(self) -> Optional[int]:
-        """Batches of one pass (loop=False; capped by max_batches), None when endless."""
+        """Micro-batches of one pass (loop=False; capped by max_batches); when looping, max_batches."""
         if self.loop:
             return self.max_batches
-        full = min(self._plan.slot_epoch_samples(s, 0) for s in range(self.slots))
+        full = -(-self._plan.total // self.global_rows)
         return full if self.max_batches is None else min(full, self.max_batches)
 
+    def proportions(self) -> dict[str, float]:
+        """Share of the samples consumed so far that came from each source (a mixture's realised weights)."""
+        if len(self.names) == 1 or not self._consumed:
+            return {self.names[0]: 1.0} if len(self.names) == 1 else {}
+        counts = MixtureSchedule(self._plan.weights, self.seed).counts_before(self._consumed)
+        return {name: float(c) / self._consumed for name, c in zip(self.names, counts)}
+
     def state_dict(self) -> dict:
-        return {
-            "version": STATE_VERSION, "split": self.split, "slots": self.slots, "micro_batches": self._next,
-            "seed": self.seed, "shuffle": self.shuffle, "seq_len": self.seq_len,
-            "micro_batch_size": self.micro_batch_size, "world_size": self.world_size,
-        }
+        return {"version": STATE_VERSION, "split": self.split, "consumed": self._consumed, "seed": self.seed,
+                "shuffle": self.shuffle, "sources": self.names, "samples_per_step": self.samples_per_step,
+                "micro_batch_size": self.micro_batch_size, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue with micro-batch number state["micro_batches"] (cheap: no skipped shard is read)."""
-        if state.get("slots") != self.slots:
-            raise ValueError(
-                f"the data state was saved with {state.get('slots')} streams (micro_batch_size {state.get('micro_batch_size')} x "
-                f"world_size {state.get('world_size')}) but this run has {self.slots} ({self.micro_batch_size} x {self.world_size}); "
-                "changing the global micro-batch is not an exact resume")
-        for key in ("split", "seed", "shuffle"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"the data state was saved with {key}={state[key]!r}, this loader has {getattr(self, key)!r}")
-        if int(state["micro_batches"]) < 0:
-            raise ValueError(f"invalid micro_batches {state['micro_batches']}")
-        self._next = int(state["micro_batches"])
+        """Continue at stream position state["consumed"] (cheap: nothing before it is read)."""
+        if state.get("version") != STATE_VERSION:
+            raise DataError("the checkpoint's data position was saved by an older loader (state version "
+                            f"{state.get('version')}); it cannot be continued exactly")
+        for key in ("split", "seed", "shuffle", "sources"):
+            if state[key] != getattr(self, {"sources": "names"}.get(key, key)):
+                raise DataError(f"the data state was saved with {key}={state[key]!r}, this loader has "
+                                f"{getattr(self, {'sources': 'names'}.get(key, key))!r}")
+        consumed = int(state["consumed"])
+        if consumed < 0:
+            raise DataError(f"invalid data position {consumed}")
+        if state["samples_per_step"] != self.samples_per_step:
+            log.warning("the global batch changed from %d to %d samples per step: continuing the same sample "
+                        "order from sample %d, but steps no longer match the earlier run's",
+                        state["samples_per_step"], self.samples_per_step, consumed)
+        self._consumed = consumed
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        start = self._next
-        if self.loop:
-            stop = None if self.max_batches is None else start + self.max_batches
-        else:
-            full = min(self._plan.slot_epoch_samples(s, 0) for s in range(self.slots))
-            stop = full if self.max_batches is None else min(full, start + self.max_batches)
-        dataset = _RankSamples(self._plan, self.rank * self.micro_batch_size, self.micro_batch_size, start, stop, self.loop)
+        start = self._consumed if self.loop else 0
+        stop = self.num_batches
+        dataset = _RankBatches(self._plan, start, stop)
         if self.num_workers:
             # A private generator: starting workers must not draw from the global RNG, whose
             # stream (dropout) is part of exact resume.
@@ -300,44 +291,22 @@ class StreamingTokenLoader:
                                     generator=torch.Generator().manual_seed(self.seed)))
         else:
             items = iter(dataset)
-        try:
-            k = start
-            while stop is None or k < stop:
-                rows = []
-                for j in range(self.micro_batch_size):
-                    item_k, item_j, tokens = next(items)
-                    if (item_k, item_j) != (k, j):
-                        raise RuntimeError(f"data order broken: got micro-batch {item_k} row {item_j}, expected {k} row {j}")
-                    rows.append(tokens)
-                self._next = k + 1
-                yield torch.stack(rows)
-                k += 1
-        finally:
-            if not self.loop:
-                self._next = 0  # the next evaluation pass starts from the beginning
+        for k, (got, batch) in enumerate(items):
+            if got != k:
+                raise RuntimeError(f"data order broken: got micro-batch {got}, expected {k}")
+            if self.loop:
+                self._consumed = start + (k + 1) * self.global_rows
+            yield batch
 
 
-def iter_split_once(
-    data_dir: str | os.PathLike,
-    split: str = "train",
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    micro_batch_size: int = 1,
-    worker_index: int = 0,
-    num_workers: int = 1,
-    epoch: int = 0,
-    shuffle: bool = True,
-    seed: int = 0,
-) -> Iterator[tuple[str, np.ndarray]]:
-    """(key, tokens) of every sample that (rank, worker) reads in `epoch`: all samples of the
-    shards dealt to its slots, with the loader's dealing. Across all ranks and workers each
-    sample of the split comes exactly once."""
+def iter_split(data_dir: str | os.PathLike, split: str = "train") -> Iterator[tuple[int, np.ndarray]]:
+    """(split-wide sample index, tokens [seq_len + 1]) of every stored sample, in stored order."""
     manifest = load_manifest(data_dir)
-    slots = micro_batch_size * world_size
-    plan = _Plan.from_manifest(data_dir, manifest, split, slots, int(manifest["seq_len"]), seed, shuffle)
-    if len(plan.files) < slots:
-        raise ValueError(f"the {split} split has {len(plan.files)} shards, fewer than the {slots} streams")
-    for j in _worker_rows(micro_batch_size, worker_index, max(num_workers, 1)):
-        for shard in plan.slot_shards(rank * micro_batch_size + j, epoch):
-            yield from read_shard(plan, shard)
+    index = 0
+    for s in manifest["splits"][split]["shards"]:
+        spec = ShardSpec(s["file"], int(s["samples"]), int(s["bytes"]), s["sha256"])
+        tokens = read_shard(str(data_dir), spec, np.dtype(manifest["dtype"]), int(manifest["seq_len"]) + 1,
+                            int(manifest["tokenizer"]["vocab_size"]))
+        for row in tokens:
+            yield index, row
+            index += 1

@@ -1,112 +1,178 @@
-"""prepare_corpus: shards, manifest, dtype, errors; load_manifest and verify."""
+"""prepare_corpus: compact shards, the seeded block sample for validation, EOS between documents,
+byte-identical output for any worker count, atomic publishing; verify and load_manifest."""
+import io
 import json
+import random
+import shutil
+import tarfile
 
 import numpy as np
 import pytest
 
-from data_pipeline import iter_split_once, load_manifest, load_tokenizer, prepare_corpus, verify
-from data_pipeline.manifest import ShardError
+from data_pipeline import DataError, ShardError, iter_split, load_manifest, load_tokenizer, prepare_corpus, verify
+from data_pipeline.prepare import SPLIT_BLOCK_SAMPLES
 
 
-def _read_all(data_dir, split):
-    """Every sample of a split in manifest order (one slot, no shuffle)."""
-    return list(iter_split_once(data_dir, split, shuffle=False))
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
 
 
-def test_manifest_matches_shards_and_reconstructs_text(small_data, shakespeare):
+def _samples(data_dir, split):
+    return [t for _, t in iter_split(data_dir, split)]
+
+
+def test_compact_shards_and_seeded_validation_blocks(small_data, shakespeare):
     m = load_manifest(small_data)
-    assert m["format_version"] == 1 and m["dtype"] == "uint16" and m["seq_len"] == 16
-    assert m["tokenizer"] == {"kind": "char", "vocab_size": len(set(shakespeare[:12_000])), "file": "tokenizer.json"}
-    assert m["normalize"] == "none" and m["sources"][0]["documents"] == 1
-    tok = load_tokenizer(small_data)
-    stream = []
-    for split in ("train", "val"):
-        info = m["splits"][split]
-        assert [s["file"] for s in info["shards"]] == [f"{split}-{i:06d}.tar" for i in range(len(info["shards"]))]
-        assert all(s["samples"] == 8 for s in info["shards"][:-1]) and 0 < info["shards"][-1]["samples"] <= 8
-        samples = _read_all(small_data, split)
-        assert len(samples) == info["samples"] == sum(s["samples"] for s in info["shards"])
-        assert info["tokens"] == info["samples"] * 16
-        assert [k for k, _ in samples] == [f"{split}-{i:09d}" for i in range(info["samples"])]
-        for (_, a), (_, b) in zip(samples, samples[1:]):  # stride seq_len: last target = next first input
-            assert a[-1] == b[0]
-        tokens = np.concatenate([samples[0][1]] + [t[1:] for _, t in samples[1:]])
-        assert all(t.dtype == np.uint16 and t.shape == (17,) for _, t in samples)
-        stream.append(tok.decode(tokens.tolist()))
-    text = shakespeare[:12_000]
-    n_val = int(len(text) * 0.1)
-    train_text, val_text = text[: len(text) - n_val], text[len(text) - n_val :]
-    assert train_text.startswith(stream[0]) and len(train_text) - len(stream[0]) < 16  # tail dropped
-    assert val_text.startswith(stream[1]) and len(val_text) - len(stream[1]) < 16
-    assert verify(small_data)["samples"] == m["splits"]["train"]["samples"] + m["splits"]["val"]["samples"]
+    assert m["format_version"] == 2 and m["dtype"] == "uint16" and m["seq_len"] == 16
+    assert m["tokenizer"]["kind"] == "char" and m["tokenizer"]["vocab_size"] == len(set(shakespeare[:12_000]))
+    train, val = _samples(small_data, "train"), _samples(small_data, "val")
+    n = len(train) + len(val)
+    # the validation split is the documented seeded systematic sample of blocks, spread over the corpus
+    blocks = np.arange(n) // SPLIT_BLOCK_SAMPLES
+    u, f = random.Random(m["seed"]).random(), m["val_fraction"]
+    is_val = np.floor((blocks + 1) * f + u) - np.floor(blocks * f + u) >= 1
+    assert len(val) == is_val.sum() > 0 and np.flatnonzero(is_val)[0] < n // 2
+    stream, t, v = [], iter(train), iter(val)
+    for flag in is_val:
+        stream.append(next(v) if flag else next(t))
+    text = load_tokenizer(small_data).decode(np.concatenate([stream[0]] + [s[1:] for s in stream[1:]]).tolist())
+    source = shakespeare[:12_000] + "\n\n"  # without EOS a blank line ends each document
+    assert source.startswith(text) and len(source) - len(text) < 16  # every token once, in order; tail dropped
+    for shard in m["splits"]["train"]["shards"][:-1]:
+        assert shard["samples"] == 8
+    verify(small_data)
+
+
+def test_payload_fraction_of_default_shards(tmp_path, shakespeare):
+    m = prepare_corpus([_write(tmp_path / "in.txt", shakespeare)], tmp_path / "d", seq_len=64)
+    shards = m["splits"]["train"]["shards"]
+    assert shards[0]["samples"] == 4096
+    payload = sum(s["samples"] for s in shards) * 65 * 2
+    assert payload / sum(s["bytes"] for s in shards) >= 0.95
+    import webdataset as wds  # a standard WebDataset tar: one sample, one tokens.npy field
+
+    sample = next(iter(wds.WebDataset(str(tmp_path / "d" / shards[0]["file"]), shardshuffle=False).decode()))
+    assert sample["tokens.npy"].shape == (4096, 65)
+
+
+def test_documents_end_with_eos_and_splits_are_byte_identical_for_any_worker_count(tmp_path, shakespeare):
+    docs = [shakespeare[i : i + 3000] for i in range(0, 150_000, 3000)]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    outs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        prepare_corpus([str(src)], out, tokenizer="bpe", vocab_size=600, seq_len=64, samples_per_shard=100,
+                       workers=workers)
+        outs[workers] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    assert outs[1] == outs[2]
+    m = load_manifest(tmp_path / "w1")
+    eos = m["tokenizer"]["eos_id"]
+    assert m["tokenizer"]["special_tokens"] == {"<|endoftext|>": eos} and m["document_end"] == "eos"
+    tokens = np.concatenate([s[:-1] for s in _samples(tmp_path / "w1", "train")])
+    assert (tokens == eos).sum() > 30  # 50 documents, ~5% of them in val
+    tok = load_tokenizer(tmp_path / "w1")
+    first = tok.decode(tokens[: int(np.flatnonzero(tokens == eos)[0]) + 1].tolist())
+    assert first == docs[0] + "<|endoftext|>" or "<|endoftext|>" not in first[:-13]
+
+
+def test_char_workers_identical_and_text8(tmp_path, shakespeare):
+    src = _write(tmp_path / "in.txt", shakespeare[:100_000])
+    a = prepare_corpus([src], tmp_path / "a", seq_len=32, samples_per_shard=50, workers=1)
+    b = prepare_corpus([src], tmp_path / "b", seq_len=32, samples_per_shard=50, workers=2)
+    assert a == b and all((tmp_path / "a" / s["file"]).read_bytes() == (tmp_path / "b" / s["file"]).read_bytes()
+                          for s in a["splits"]["train"]["shards"])
+    m = prepare_corpus([src], tmp_path / "t8", normalize="text8", seq_len=64)
+    assert m["tokenizer"]["vocab_size"] == 27
+    text = load_tokenizer(tmp_path / "t8").decode(_samples(tmp_path / "t8", "train")[0].tolist())
+    assert set(text) <= set("abcdefghijklmnopqrstuvwxyz ") and "  " not in text
 
 
 class _HugeVocab:
     """A stand-in tokenizer whose ids exceed uint16."""
 
-    kind = "fake"
-    vocab_size = 70_000
+    kind, roles, special_tokens, vocab_size = "fake", {}, {}, 70_000
 
     def encode(self, text):
         return [66_000 + ord(c) % 4_000 for c in text]
-
-    def decode(self, ids):
-        raise NotImplementedError
 
     def save(self, directory):
         return None
 
 
 def test_uint32_when_vocab_exceeds_uint16(tmp_path, shakespeare):
-    src = tmp_path / "in.txt"
-    src.write_text(shakespeare[:3000])
-    m = prepare_corpus([str(src)], tmp_path / "d", tokenizer=_HugeVocab(), seq_len=32, samples_per_shard=20)
-    assert m["dtype"] == "uint32" and m["tokenizer"]["vocab_size"] == 70_000
-    samples = _read_all(tmp_path / "d", "train")
-    assert samples[0][1].dtype == np.uint32
-    assert samples[0][1].tolist() == _HugeVocab().encode(shakespeare[:33])
-    assert max(int(t.max()) for _, t in samples) > 65535
+    m = prepare_corpus([_write(tmp_path / "in.txt", shakespeare[:3000])], tmp_path / "d", tokenizer=_HugeVocab(),
+                       seq_len=32, samples_per_shard=20, val_fraction=0.3)
+    assert m["dtype"] == "uint32"
+    first = _samples(tmp_path / "d", "train")[0]
+    stream = _HugeVocab().encode(shakespeare[:3000])
+    assert first.dtype == np.uint32 and first.tolist() in [stream[k : k + 33] for k in range(0, 3000, 32)]
 
 
-def test_sentencepiece_and_text8_prepare(tmp_path, shakespeare):
-    src = tmp_path / "in.txt"
-    src.write_text(shakespeare[:100_000])
-    m = prepare_corpus([str(src)], tmp_path / "sp", tokenizer="sentencepiece", vocab_size=500, seq_len=64, samples_per_shard=50)
-    assert m["tokenizer"] == {"kind": "sentencepiece", "vocab_size": 500, "file": "tokenizer.model"}
-    tok = load_tokenizer(tmp_path / "sp")
-    first = _read_all(tmp_path / "sp", "train")[0][1]
-    assert shakespeare.startswith(tok.decode(first.tolist()))
-    m = prepare_corpus([str(src)], tmp_path / "t8", tokenizer="char", normalize="text8", seq_len=64)
-    assert m["tokenizer"]["vocab_size"] == 27 and m["normalize"] == "text8"
-    text = load_tokenizer(tmp_path / "t8").decode(_read_all(tmp_path / "t8", "train")[0][1].tolist())
-    assert set(text) <= set("abcdefghijklmnopqrstuvwxyz ") and "  " not in text
+def test_failed_prepare_keeps_the_old_dataset(tmp_path, shakespeare):
+    out = tmp_path / "d"
+    src = _write(tmp_path / "in.txt", shakespeare[:20_000])
+    before = prepare_corpus([src], out, seq_len=16)
+    with pytest.raises(DataError, match="not empty.*--overwrite"):
+        prepare_corpus([src], out, seq_len=16)
+    empty = _write(tmp_path / "empty.txt", "")
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(b"\x7fELF\x00\x01\x02" * 100)
+    bad_jsonl = _write(tmp_path / "bad.jsonl", '{"text": "fine"}\n{"text": broken\n')
+    for inputs, message in (([str(tmp_path / "nope.txt")], "does not exist"), ([empty], "is empty"),
+                            ([str(binary)], "is binary"), ([bad_jsonl], r"bad.jsonl:2: invalid JSON"),
+                            ([src], "val split gets no sample")):
+        kwargs = {"seq_len": 4000} if message.startswith("val") else {"seq_len": 16}
+        with pytest.raises(DataError, match=message):
+            prepare_corpus(inputs, out, overwrite=True, **kwargs)
+        assert load_manifest(out) == before and verify(out)["samples"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left behind
+    again = prepare_corpus([src], out, seq_len=32, overwrite=True)
+    assert load_manifest(out) == again != before
 
 
-def test_prepare_errors(tmp_path):
-    src = tmp_path / "short.txt"
-    src.write_text("a tiny corpus of a few words only, repeated. " * 4)
-    with pytest.raises(ValueError, match=r"val split gets \d+ of the corpus's 180 tokens.*seq_len=64 needs 65"):
-        prepare_corpus([str(src)], tmp_path / "o", seq_len=64)
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    with pytest.raises(ValueError, match="empty"):
-        prepare_corpus([str(empty)], tmp_path / "o")
-    with pytest.raises(ValueError, match="empty"):
-        prepare_corpus([str(empty)], tmp_path / "o", tokenizer="sentencepiece", vocab_size=500)
-    with pytest.raises(ValueError, match="does not exist"):
-        prepare_corpus([str(tmp_path / "nope.txt")], tmp_path / "o")
-    with pytest.raises(ValueError, match="unknown input type .docx"):
-        prepare_corpus([str(tmp_path / "x.docx")], tmp_path / "o")
-    assert not (tmp_path / "o" / "manifest.json").exists()
+def _corrupt(data_dir, how):
+    shard = data_dir / load_manifest(data_dir)["splits"]["train"]["shards"][1]["file"]
+    raw = bytearray(shard.read_bytes())
+    if how == "flip":
+        raw[700] ^= 0x04
+    elif how == "truncate":
+        raw = raw[: len(raw) // 2]
+    elif how in ("range", "pickle"):  # rewrite the shard consistently, so only the content check can object
+        if how == "range":
+            tokens = np.full((8, 17), 60_000, dtype=np.uint16)
+            payload = io.BytesIO()
+            np.lib.format.write_array(payload, tokens)
+            members = [(shard.name[:-4] + ".tokens.npy", payload.getvalue())]
+        else:
+            import pickle
+
+            members = [(shard.name[:-4] + ".tokens.npy", raw[1024:1200]), (shard.name[:-4] + ".extra.pyd", pickle.dumps({"x": 1}))]
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(bytes(data)))
+        raw = out.getvalue()
+        manifest = load_manifest(data_dir)
+        import hashlib
+
+        entry = manifest["splits"]["train"]["shards"][1]
+        entry.update(bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+        (data_dir / "manifest.json").write_text(json.dumps(manifest))
+    shard.write_bytes(bytes(raw))
+    return shard.name
 
 
-def test_prepare_again_replaces_old_output(tmp_path, shakespeare):
-    src = tmp_path / "in.txt"
-    src.write_text(shakespeare[:20_000])
-    prepare_corpus([str(src)], tmp_path / "d", seq_len=16, samples_per_shard=8)
-    m = prepare_corpus([str(src)], tmp_path / "d", seq_len=16, samples_per_shard=10_000)
-    assert sorted(p.name for p in (tmp_path / "d").glob("*.tar")) == ["train-000000.tar", "val-000000.tar"]
-    assert len(m["splits"]["train"]["shards"]) == 1
+@pytest.mark.parametrize("how,reason", [("flip", "fails its sha256 check"), ("truncate", "bytes but the manifest says"),
+                                        ("range", "token id 60000 >= vocab_size"), ("pickle", "only the one member")])
+def test_verify_catches_every_kind_of_damage(small_data, tmp_path, how, reason):
+    data = shutil.copytree(small_data, tmp_path / "copy")
+    name = _corrupt(data, how)
+    with pytest.raises(ShardError, match=f"{name}.*{reason}"):
+        verify(data)
 
 
 def test_load_manifest_errors(tmp_path, small_data):
@@ -114,6 +180,6 @@ def test_load_manifest_errors(tmp_path, small_data):
         load_manifest(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         load_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({**load_manifest(small_data), "format_version": 99}))
-    with pytest.raises(ValueError, match="format_version 99"):
+    (tmp_path / "manifest.json").write_text(json.dumps({**load_manifest(small_data), "format_version": 1}))
+    with pytest.raises(DataError, match="format_version 1.*run `neurograph data prepare` again"):
         load_manifest(tmp_path)

@@ -73,4 +73,19 @@ def test_text8_normalisation(tmp_path, shakespeare):
     assert "  " not in out
     assert text8_normalize("It's 2 o'clock,\n\nMR.  Smith!") == "it s o clock mr smith "
     path = _write(tmp_path / "d.txt", "Hello, World!\n".encode())
-    assert list(iter_corpus([str(path)], normalize="text8")) == [(str(path), "hello world")]
+    items = list(iter_corpus([str(path)], normalize="text8"))
+    assert "".join(t for _, t, _ in items) == "hello world" and [e for _, _, e in items][-1] is True
+    assert {p for p, _, _ in items} == {str(path)} and sum(e for _, _, e in items) == 1
+
+
+def test_long_text_streams_in_pieces_that_rejoin_exactly(tmp_path, shakespeare, monkeypatch):
+    import data_pipeline.sources as sources
+
+    monkeypatch.setattr(sources, "PIECE_CHARS", 1000)  # many pieces from a small file
+    path = _write(tmp_path / "long.txt.gz", shakespeare.encode())
+    pieces = list(sources.iter_pieces(path))
+    assert len(pieces) > 100 and all(end is False for _, end in pieces[:-1]) and pieces[-1][1] is True
+    assert all(text.endswith("\n") for text, _ in pieces[:-1])  # cut after newlines
+    assert "".join(text for text, _ in pieces) == shakespeare
+    normalized = "".join(t for _, t, _ in iter_corpus([str(path)], normalize="text8"))
+    assert normalized == text8_normalize(shakespeare).strip(" ")

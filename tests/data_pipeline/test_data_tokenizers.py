@@ -41,3 +41,38 @@ def test_sentencepiece_lossless_round_trip(tmp_path, shakespeare, other_text, mo
 def test_load_tokenizer_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         load_tokenizer(tmp_path)
+
+
+SPECIALS = ["<USER>", "<ASSISTANT>", "<SYSTEM>", "<ERROR>"]
+CHAT = "<SYSTEM> be brief\n<USER> What is  2+2?<|endoftext|><ASSISTANT> four 🙂<ERROR>\x00"
+
+
+def test_special_tokens_never_split_and_round_trip_in_every_kind(tmp_path, shakespeare):
+    from data_pipeline.tokenizers import HFTokenizer
+
+    roles = {"eos": "<|endoftext|>"}
+    lines = shakespeare[:60_000].splitlines()
+    kinds = [CharTokenizer.train([shakespeare[:60_000] + CHAT], SPECIALS, roles),
+             SentencePieceTokenizer.train(lines, vocab_size=500, specials=SPECIALS, roles=roles),
+             HFTokenizer.train_bpe(lines, vocab_size=500, specials=SPECIALS, roles=roles)]
+    for tok in kinds:
+        special = tok.special_tokens
+        assert list(special) == ["<|endoftext|>"] + SPECIALS
+        ids = tok.encode(CHAT)
+        assert tok.decode(ids) == CHAT
+        for token, i in special.items():
+            assert ids.count(i) == CHAT.count(token) and tok.encode(token) == [i]
+    assert kinds[1].vocab_size == 504 and kinds[2].vocab_size == 504  # --vocab-size holds EOS, user tokens on top
+
+
+def test_existing_hf_tokenizer_gets_missing_specials(tmp_path, shakespeare):
+    from data_pipeline.tokenizers import HFTokenizer
+
+    base = HFTokenizer.train_bpe(shakespeare[:30_000].splitlines(), vocab_size=400)
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "tokenizer.json").write_text(base.json_text)
+    tok = HFTokenizer.from_local(tmp_path / "saved", SPECIALS, {"eos": "<|endoftext|>"})
+    assert tok.kind == "hf" and tok.vocab_size == 405 and tok.decode(tok.encode(CHAT)) == CHAT
+    assert tok.encode("First Citizen") == base.encode("First Citizen")  # the existing vocabulary is kept
+    with pytest.raises(ValueError, match="no tokenizer.json"):
+        HFTokenizer.from_local(tmp_path)

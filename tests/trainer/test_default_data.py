@@ -1,0 +1,28 @@
+"""A new user's path: `data prepare` with every default on a 4 MB text the project was not tuned
+for, then the demo config on 2 processes. (The old loader refused this: too few val shards.)"""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from ..conftest import REPO, SHARED_DATA
+
+
+@pytest.mark.slow
+def test_demo_config_trains_on_default_prepared_data(tmp_path):
+    corpus = SHARED_DATA / "kjv.txt.xz"  # 4.1 MB of text
+    data, run = tmp_path / "data", tmp_path / "run"
+    cli = [sys.executable, "-m", "launch.cli"]
+    subprocess.run([*cli, "data", "prepare", "--input", str(corpus), "--out", str(data)], check=True, cwd=REPO,
+                   capture_output=True, timeout=600)
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert len(manifest["splits"]["val"]["shards"]) == 1 and manifest["splits"]["val"]["samples"] > 500
+    done = subprocess.run([*cli, "train", "--config", "configs/demo.yaml", f"data.path={data}", f"trainer.run_dir={run}",
+                           "trainer.max_steps=3", "trainer.log_every=1", "trainer.checkpoint_every=0",
+                           "tracking.enabled=false"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert math.isfinite(records[-1]["val/loss"]) and records[-1]["val/loss"] < math.log(manifest["tokenizer"]["vocab_size"]) + 0.5
