@@ -14,7 +14,6 @@ Usage: .venv/bin/python bench/data.py [--scratch DIR] [--tokens 1e9] [--quick]
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import lzma
 import resource
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_pipeline import StreamingTokenLoader, prepare_corpus  # noqa: E402
 from data_pipeline.manifest import FORMAT_VERSION, MANIFEST  # noqa: E402
-from data_pipeline.shards import shard_bytes, shard_file, shard_key  # noqa: E402
+from data_pipeline.shards import write_shard  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEMO_SHAPE = dict(micro_batch_size=8, seq_len=128)
@@ -114,10 +113,7 @@ def synthetic_dataset(root: Path, tokens: float, seq_len: int = 256, per_shard: 
         shards = []
         for index, start in enumerate(range(0, count, per_shard)):
             rows = rng.integers(0, 50_000, size=(min(per_shard, count - start), seq_len + 1), dtype=np.uint16)
-            data = shard_bytes(shard_key(split, index), rows)
-            (root / shard_file(split, index)).write_bytes(data)
-            shards.append({"file": shard_file(split, index), "samples": len(rows), "bytes": len(data),
-                           "sha256": hashlib.sha256(data).hexdigest()})
+            shards.append(write_shard(root, split, index, rows))
         splits[split] = {"samples": count, "tokens": count * seq_len, "shards": shards}
     manifest = {"format_version": FORMAT_VERSION, "seq_len": seq_len, "dtype": "uint16", "splits": splits,
                 "tokenizer": {"kind": "synthetic", "vocab_size": 50_000, "file": None}}

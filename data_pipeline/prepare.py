@@ -11,7 +11,6 @@ Everything is written into a staging directory beside the output, verified, and 
 published by renames: a failure at any point leaves an existing dataset as it was."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from .errors import DataError
 from .manifest import FORMAT_VERSION, MANIFEST, SPLITS, verify
-from .shards import shard_bytes, shard_file, shard_key
+from .shards import write_shard
 from .sources import NORMALIZATIONS, check_inputs, iter_corpus, split_name
 from .storage import is_url, list_names, upload_directory
 from .tokenizers import DEFAULT_EOS, CharTokenizer, HFTokenizer, SentencePieceTokenizer, Tokenizer, role_ids
@@ -184,11 +183,7 @@ class SplitPacker:
         self.rows[split] = [rows] if len(rows) else []
 
     def _write(self, split: str, rows: np.ndarray) -> None:
-        index = len(self.shards[split])
-        data = shard_bytes(shard_key(split, index), rows)
-        (self.out / shard_file(split, index)).write_bytes(data)
-        self.shards[split].append({"file": shard_file(split, index), "samples": len(rows), "bytes": len(data),
-                                   "sha256": hashlib.sha256(data).hexdigest()})
+        self.shards[split].append(write_shard(self.out, split, len(self.shards[split]), rows))
 
     def finish(self) -> dict:
         """Write the last partial shards; the manifest's `splits` entry."""
@@ -294,11 +289,10 @@ def _build_tokenizer(tokenizer, corpus: Callable[[], Iterator], normalize: str, 
     if tokenizer.startswith("hf:"):
         return HFTokenizer.from_local(tokenizer[3:], specials, roles)
     if tokenizer == "char":
-        chars: set[str] = set()
-        documents = 0
-        for _, text, end in tqdm(corpus(), desc="vocabulary", unit="piece", disable=None, leave=False):
-            chars.update(text)
-            documents += int(end)
+        codes = np.zeros(0, dtype=np.uint32)
+        for _, text, _ in tqdm(corpus(), desc="vocabulary", unit="piece", disable=None, leave=False):
+            codes = np.union1d(codes, np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32))
+        chars = set(map(chr, codes.tolist()))
         if not chars:
             raise DataError("the corpus is empty: the inputs hold no text")
         if not roles.get("eos"):

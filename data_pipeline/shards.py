@@ -11,6 +11,7 @@ import hashlib
 import io
 import tarfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -50,6 +51,14 @@ def shard_bytes(key: str, tokens: np.ndarray) -> bytes:
         info.size, info.mtime, info.mode = len(data), 0, 0o444
         tar.addfile(info, io.BytesIO(data))
     return out.getvalue()
+
+
+def write_shard(directory, split: str, index: int, tokens: np.ndarray) -> dict:
+    """Write shard `index` of `split` into a local directory; its manifest entry."""
+    data = shard_bytes(shard_key(split, index), tokens)
+    (Path(directory) / shard_file(split, index)).write_bytes(data)
+    return {"file": shard_file(split, index), "samples": len(tokens), "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def read_shard(data_dir: str, spec: ShardSpec, dtype: np.dtype, sample_len: int, vocab_size: int) -> np.ndarray:

@@ -2,14 +2,13 @@
 (uint32) in every position, so a batch says exactly which samples it holds."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from data_pipeline.manifest import FORMAT_VERSION, MANIFEST
-from data_pipeline.shards import shard_bytes, shard_file, shard_key
+from data_pipeline.shards import write_shard
 
 SEQ_LEN = 4
 VOCAB = 1 << 20
@@ -23,10 +22,7 @@ def numbered_dataset(root: Path, train_counts: list[int], val_counts: list[int] 
         shards, first = [], 0
         for index, n in enumerate(counts):
             rows = np.repeat(np.arange(first, first + n, dtype=np.uint32)[:, None], SEQ_LEN + 1, axis=1)
-            data = shard_bytes(shard_key(split, index), rows)
-            (root / shard_file(split, index)).write_bytes(data)
-            shards.append({"file": shard_file(split, index), "samples": n, "bytes": len(data),
-                           "sha256": hashlib.sha256(data).hexdigest()})
+            shards.append(write_shard(root, split, index, rows))
             first += n
         splits[split] = {"samples": first, "tokens": first * SEQ_LEN, "shards": shards}
     manifest = {"format_version": FORMAT_VERSION, "seq_len": SEQ_LEN, "dtype": "uint32", "splits": splits,
