@@ -202,6 +202,7 @@ class StreamingTokenLoader:
                            first_row=rank * micro_batch_size, rows=micro_batch_size, loop=loop,
                            cache_shards=len(sources) * (shuffle_window + 1))
         self._consumed = 0  # stream positions before the next micro-batch
+        self._schedule = MixtureSchedule(self._plan.weights, self.seed)  # for proportions()
 
     def _source(self, data_dir: str, split: str, window: int, on_corrupt: str) -> _Source:
         manifest = load_manifest(data_dir)
@@ -254,7 +255,7 @@ class StreamingTokenLoader:
         """Share of the samples consumed so far that came from each source (a mixture's realised weights)."""
         if len(self.names) == 1 or not self._consumed:
             return {self.names[0]: 1.0} if len(self.names) == 1 else {}
-        counts = MixtureSchedule(self._plan.weights, self.seed).counts_before(self._consumed)
+        counts = self._schedule.counts_before(self._consumed)  # incremental: the position only grows
         return {name: float(c) / self._consumed for name, c in zip(self.names, counts)}
 
     def state_dict(self) -> dict:
