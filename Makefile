@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	else \
 	  $(PIP) install --quiet "torch==$(TORCH_VERSION)$(TORCH_CPU_SUFFIX)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)); \
 	fi
-	DS_BUILD_OPS=0 $(PIP) install --quiet -e ".[dev]"
+	DS_BUILD_OPS=0 $(PIP) install --quiet -e ".[dev,s3]"
 	touch $(STAMP)
 
 demo: install
