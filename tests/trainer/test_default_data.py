@@ -26,3 +26,22 @@ def test_demo_config_trains_on_default_prepared_data(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert math.isfinite(records[-1]["val/loss"]) and records[-1]["val/loss"] < math.log(manifest["tokenizer"]["vocab_size"]) + 0.5
+
+
+@pytest.mark.slow
+def test_mixture_trains_and_logs_its_shares(tmp_path, char_data):
+    """Two prepared datasets (the same tokenizer) blended 3:1 through `data.mixture`."""
+    import shutil
+
+    second = shutil.copytree(char_data, tmp_path / "second")
+    run = tmp_path / "run"
+    mixture = f"data.mixture=[{{path: {char_data}, weight: 3}}, {{path: {second}, weight: 1}}]"
+    done = subprocess.run([sys.executable, "-m", "launch.cli", "train", "--config", "configs/demo.yaml", mixture,
+                           "data.path=null", "data.seq_len=64", f"trainer.run_dir={run}", "trainer.num_processes=1",
+                           "trainer.max_steps=4", "trainer.log_every=2", "trainer.eval_batches=2",
+                           "trainer.checkpoint_every=0", "tracking.enabled=false", "model.n_layer=1", "model.d_model=32",
+                           "model.n_head=2", "model.d_ff=64"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    shares = {k: v for k, v in records[-1].items() if k.startswith("data/mix/")}
+    assert sorted(shares) == ["data/mix/data", "data/mix/second"] and abs(shares["data/mix/data"] - 0.75) < 0.1
