@@ -11,10 +11,16 @@ layer) and the state (z, v) [N, D] around the equilibrium mu [D]:
     v = alpha * v + (1 - alpha) * v_target - beta * error   (+ excitation, training only)
     z = z + dt * gate * v
 
-`integrator_step` is the single dispatch the models call. Backends:
+`integrator_step` is the single dispatch the models call for one iteration. Backends:
 - "reference": plain PyTorch, written with fused primitives (lerp, addcmul) — default.
 - "compiled": the same function through `torch.compile` (opt-in; measured in bench/inl.py,
   it only pays off for large token counts, so it is not the default).
+
+`integrator_iterations` / `integrator_adaptive` are the dispatch for all K iterations of a layer
+with the controller MLP (pre = ctx + z Wz^T + v Wv^T; raw = (relu(pre) Wout^T + b) * scale + shift):
+impl "triton" runs them in one kernel (kernels/integrator_triton.py, CUDA, or CPU under
+TRITON_INTERPRET=1), "reference" as the PyTorch loop below; "auto" takes Triton on CUDA when
+it is installed.
 
 Analysis helpers for the linear (frozen-parameter) dynamics live here too: with constant
 alpha, beta, gate, v_target = 0 and p = dt * gate * beta, the error e = z - mu and the
@@ -23,6 +29,7 @@ M = [[1 - p, alpha], [-p, alpha]], trace 1 + alpha - p, determinant alpha.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Callable, Optional
 
@@ -98,6 +105,69 @@ def integrator_step(z: torch.Tensor, v: Optional[torch.Tensor], mu: torch.Tensor
             _COMPILED = torch.compile(integrator_step_reference, dynamic=True)
         return _COMPILED(z, v, mu, raw, dt, excitation)
     return integrator_step_reference(z, v, mu, raw, dt, excitation)
+
+
+# ---------------------------------------------------------------- K iterations of one layer
+ITERATION_IMPLS = ("auto", "reference", "triton")
+
+
+def integrator_iterations_reference(z0, ctx, wz, wv, wout, bout, scale, shift, mu, dt: float, K: int,
+                                    min_iterations: Optional[int] = None, threshold: float = 0.0,
+                                    mask: Optional[torch.Tensor] = None, waves: Optional[torch.Tensor] = None):
+    """K iterations with the controller in PyTorch: z0 [N, D], ctx [N, r], wz, wv [r, D], wout [4D, r],
+    bout [4D], scale, shift [4], mu [D] -> z_K [N, D]. Excitation: waves [K, D] add mask * waves[k]
+    (mask [N, D]) or waves[k] (no mask) to iteration k's velocity. With `min_iterations` (adaptive
+    stopping, the Triton kernel's masked form): after it, a token whose last update has norm <
+    threshold keeps its z; returns (z, iterations per token [N] int32) then."""
+    z, v, d, prev = z0, None, z0.shape[-1], z0
+    active = torch.ones(z0.shape[0], dtype=torch.bool, device=z0.device)
+    iters = torch.zeros(z0.shape[0], dtype=torch.int32, device=z0.device)
+    for k in range(K):
+        pre = ctx + z @ wz.T + (0.0 if v is None else v @ wv.T)
+        raw = torch.addmm(bout, F.relu(pre), wout.T).view(-1, 4, d) * scale[:, None] + shift[:, None]
+        excitation = None if waves is None else waves[k] if mask is None else mask * waves[k]
+        z_new, v_new = integrator_step_reference(z, v, mu, raw, dt, excitation)
+        if min_iterations is not None:
+            if k >= min_iterations:
+                active = active & ((z - prev).norm(dim=-1) >= threshold)
+            z_new = torch.where(active[:, None], z_new, z)
+            v_new = torch.where(active[:, None], v_new, v if v is not None else 0.0)
+            iters += active.to(torch.int32)
+            prev = z
+        z, v = z_new, v_new
+    return z if min_iterations is None else (z, iters)
+
+
+def use_fused_iterations(impl: str, x: torch.Tensor) -> bool:
+    """Whether `integrator_iterations` runs the Triton kernel for tensors like x."""
+    if impl not in ITERATION_IMPLS:
+        raise ValueError(f"unknown integrator impl {impl!r}; choose from {ITERATION_IMPLS}")
+    if impl == "auto":
+        return x.is_cuda and importlib.util.find_spec("triton") is not None
+    return impl == "triton"
+
+
+def integrator_iterations(z0, ctx, wz, wv, wout, bout, scale, shift, mu, dt: float, K: int, impl: str = "auto",
+                          mask: Optional[torch.Tensor] = None, waves: Optional[torch.Tensor] = None):
+    """z_K of K iterations (arguments as for the reference), differentiable."""
+    if use_fused_iterations(impl, z0):
+        from .integrator_triton import integrator_iterations_triton
+
+        return integrator_iterations_triton(z0, ctx, wz, wv, wout, bout, scale, shift, mu, dt, K, mask, waves)
+    return integrator_iterations_reference(z0, ctx, wz, wv, wout, bout, scale, shift, mu, dt, K, mask=mask, waves=waves)
+
+
+@torch.no_grad()
+def integrator_adaptive(z0, ctx, wz, wv, wout, bout, scale, shift, mu, dt: float, K: int, min_iterations: int,
+                        threshold: float, impl: str = "auto", waves: Optional[torch.Tensor] = None):
+    """Inference with per-token adaptive stopping: (z [N, D], iterations per token [N] int32)."""
+    if use_fused_iterations(impl, z0):
+        from .integrator_triton import integrator_adaptive_triton
+
+        return integrator_adaptive_triton(z0, ctx, wz, wv, wout, bout, scale, shift, mu, dt, K, min_iterations, threshold,
+                                          waves)
+    return integrator_iterations_reference(z0, ctx, wz, wv, wout, bout, scale, shift, mu, dt, K, min_iterations, threshold,
+                                           waves=waves)
 
 
 # ---------------------------------------------------------------- linear-dynamics analysis

@@ -28,10 +28,15 @@ Implementations (`selective_scan(..., impl=...)` is the single dispatch models c
   falls back to "chunked" with a warning where it cannot be built.
 - "cuda": mamba-ssm's `selective_scan_fn`, used by "auto" only when mamba-ssm imports and
   the tensors are on a CUDA device (the `gpu` extra).
+- "triton": the same fused scan as Triton kernels (kernels/selective_scan_triton.py), forward and
+  backward, chunk-start states saved and recomputed inside chunks. "auto" takes it on CUDA when
+  mamba-ssm is absent; on CPU tensors it runs only under TRITON_INTERPRET=1 (tests).
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -49,44 +54,84 @@ try:  # the CUDA fast path (gpu extra); absent on CPU machines
 except Exception:  # ImportError, or the package imports but its CUDA extension does not
     _mamba_ssm_scan = None
 
-IMPLEMENTATIONS = ("auto", "sequential", "chunked", "cpp", "cuda")
+IMPLEMENTATIONS = ("auto", "sequential", "chunked", "cpp", "cuda", "triton")
 
 
-def _compute(x: torch.Tensor) -> torch.Tensor:
-    """Compute precision: fp64 stays fp64 (for tight tests), everything else runs in fp32."""
-    return x if x.dtype == torch.float64 else x.float()
+_SCAN_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> torch.dtype:
+    """Validate the arguments of every backend before any kernel runs: u, delta, z [Bz, d, T];
+    A [d, S]; B, C [Bz, S, T]; D, delta_bias [d] (mamba-ssm's layout; D, z, delta_bias optional);
+    floating point, on u's device, any strides (each backend builds the layout its kernel reads).
+    Raises ValueError naming the argument and the shape expected. Returns the compute dtype:
+    float64 when any input is float64 (the reference's type promotion), else float32."""
+    given = dict(zip(_SCAN_ARGS, (u, delta, A, B, C, D, z, delta_bias)))
+    for name, x in given.items():
+        if x is not None and not isinstance(x, torch.Tensor):
+            raise ValueError(f"selective scan: {name} must be a tensor, got {type(x).__name__}")
+    for name in ("u", "delta", "A", "B", "C"):
+        if given[name] is None:
+            raise ValueError(f"selective scan: {name} is required")
+    if u.dim() != 3:
+        raise ValueError(f"selective scan: u must be [Bz, d, T] (3 dimensions), got shape {list(u.shape)}")
+    bz, d, t = u.shape
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f"selective scan: A must be [d, S] with d = {d} (u's channels), got shape {list(A.shape)}")
+    s = A.shape[1]
+    expected = dict(u=(bz, d, t), delta=(bz, d, t), A=(d, s), B=(bz, s, t), C=(bz, s, t), D=(d,), z=(bz, d, t),
+                    delta_bias=(d,))
+    layout = dict(u="[Bz, d, T]", delta="[Bz, d, T]", A="[d, S]", B="[Bz, S, T]", C="[Bz, S, T]", D="[d]",
+                  z="[Bz, d, T]", delta_bias="[d]")
+    for name, x in given.items():
+        if x is None:
+            continue
+        if tuple(x.shape) != expected[name]:
+            raise ValueError(f"selective scan: {name} must be {layout[name]} = {list(expected[name])} "
+                             f"(Bz, d, T from u, S from A), got shape {list(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"selective scan: {name} must be floating point, got {x.dtype}")
+        if x.device != u.device:
+            raise ValueError(f"selective scan: {name} is on {x.device}, u on {u.device}")
+    return torch.float64 if any(x is not None and x.dtype == torch.float64 for x in given.values()) else torch.float32
+
+
+def _scan_inputs(*args: Optional[torch.Tensor]) -> list[Optional[torch.Tensor]]:
+    """(u, delta, A, B, C, D, z, delta_bias) checked and cast to the compute dtype."""
+    dtype = check_scan_inputs(*args)
+    return [None if x is None else x.to(dtype) for x in args]
 
 
 def _prepare_delta(delta: torch.Tensor, delta_bias: Optional[torch.Tensor], delta_softplus: bool) -> torch.Tensor:
-    delta = _compute(delta)
     if delta_bias is not None:
-        delta = delta + _compute(delta_bias)[..., None]
+        delta = delta + delta_bias[..., None]
     return F.softplus(delta) if delta_softplus else delta
 
 
 def _finish(y: torch.Tensor, u: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
             dtype: torch.dtype) -> torch.Tensor:
-    """Skip term and gate, shared by the PyTorch paths: y [B, d, T] fp32 -> output dtype."""
+    """Skip term and gate, shared by the PyTorch paths: y [B, d, T] in compute dtype -> output dtype."""
     if D is not None:
-        y = y + _compute(u) * _compute(D)[:, None]
+        y = y + u * D[:, None]
     if z is not None:
-        y = y * F.silu(_compute(z))
+        y = y * F.silu(z)
     return y.to(dtype)
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False):
-    """Sequential reference: one step of the recurrence per time step, in fp32."""
+    """Sequential reference: one step of the recurrence per time step, in fp32 (fp64 when any
+    input is fp64); the output has u's dtype. T = 0 gives an empty y and a zero last state."""
     dtype = u.dtype
+    u, delta, A, B, C, D, z, delta_bias = _scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     delta = _prepare_delta(delta, delta_bias, delta_softplus)  # [B, d, T]
-    uf, A, B, C = _compute(u), _compute(A), _compute(B), _compute(C)
-    h = uf.new_zeros(u.shape[0], u.shape[1], A.shape[1])  # [B, d, S]
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])  # [B, d, S]
     ys = []
     for t in range(u.shape[2]):
         decay = torch.exp(delta[:, :, t, None] * A)  # [B, d, S]
-        h = decay * h + (delta[:, :, t] * uf[:, :, t])[..., None] * B[:, None, :, t]
+        h = decay * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
         ys.append(torch.einsum("bds,bs->bd", h, C[:, :, t]))
-    y = _finish(torch.stack(ys, dim=2), u, D, z, dtype)
+    y = _finish(torch.stack(ys, dim=2) if ys else u[:, :, :0] * 0, u, D, z, dtype)
     return (y, h) if return_last_state else y
 
 
@@ -248,11 +293,13 @@ class ChunkedSelectiveScan(torch.autograd.Function):
 def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                            return_last_state=False, chunk_size: Optional[int] = None):
     """Chunked scan in mamba-ssm's layout (see the module docstring)."""
+    if u.dim() == 3 and u.shape[2] == 0:  # nothing to scan: the reference's empty result
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     dtype = u.dtype
+    u, delta, A, B, C, D, z, delta_bias = _scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     dt = _prepare_delta(delta, delta_bias, delta_softplus)  # [B, d, T]
     y, last = ChunkedSelectiveScan.apply(
-        _compute(u).transpose(1, 2), dt.transpose(1, 2), _compute(A),
-        _compute(B).transpose(1, 2), _compute(C).transpose(1, 2), chunk_size)
+        u.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), chunk_size)
     y = _finish(y.transpose(1, 2), u, D, z, dtype)
     return (y, last) if return_last_state else y
 
@@ -260,10 +307,14 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
 @functools.cache
 def _cpp_extension():
     """The fused C++ scan, compiled on first use (cached by torch in ~/.cache/torch_extensions;
-    concurrent processes wait on torch's build lock)."""
+    concurrent processes wait on torch's build lock). The build is named after the source's path
+    and content, so checkouts and edited copies each keep their own build instead of rebuilding
+    one shared folder in turn."""
     from torch.utils.cpp_extension import load
 
-    return load(name="neurograph_selective_scan_cpu", sources=[str(Path(__file__).with_name("selective_scan_cpu.cpp"))],
+    source = Path(__file__).with_name("selective_scan_cpu.cpp")
+    key = hashlib.sha1(str(source.resolve()).encode() + source.read_bytes()).hexdigest()[:12]
+    return load(name=f"neurograph_selective_scan_cpu_{key}", sources=[str(source)],
                 extra_cflags=["-O3", "-march=native", "-ffast-math"], verbose=False)
 
 
@@ -306,22 +357,38 @@ class CppSelectiveScan(torch.autograd.Function):
 
 
 def _time_major(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """[B, F, T] (mamba-ssm layout) -> [B, T, F] view in compute precision, channels contiguous."""
+    """[B, F, T] (mamba-ssm layout) -> [B, T, F] view with channel stride 1 (what the C++ kernel reads)."""
     if x is None:
         return None
-    x = _compute(x).transpose(1, 2)
-    return x if x.stride(-1) == 1 else x.contiguous()
+    x = x.transpose(1, 2)
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if x.stride(-1) != 1:  # F = 1: contiguous() keeps any stride on a size-1 axis; 1 is as valid
+        x = x.as_strided(x.shape, (*x.stride()[:-1], 1))
+    return x
 
 
 def selective_scan_cpp(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False, chunk_size: Optional[int] = None):
     """Fused C++ scan in mamba-ssm's layout (CPU tensors)."""
-    vector = lambda v: None if v is None else _compute(v).contiguous()  # noqa: E731
+    if u.dim() == 3 and u.shape[2] == 0:  # nothing to scan: the reference's empty result
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    dtype = u.dtype
+    u, delta, A, B, C, D, z, delta_bias = _scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if u.device.type != "cpu":
+        raise ValueError(f"selective scan: impl 'cpp' runs on CPU tensors, u is on {u.device}")
+    vector = lambda v: None if v is None else v.contiguous()  # noqa: E731
     y, last = CppSelectiveScan.apply(
         _time_major(u), _time_major(delta), vector(A), _time_major(B), _time_major(C), vector(D), _time_major(z),
         vector(delta_bias), delta_softplus, chunk_size)
-    y = y.transpose(1, 2).to(u.dtype)
+    y = y.transpose(1, 2).to(dtype)
     return (y, last) if return_last_state else y
+
+
+def triton_available() -> bool:
+    """True when the triton package is installed (not imported here: importing fixes whether its
+    kernels compile or run interpreted, see kernels/triton_runtime.py)."""
+    return importlib.util.find_spec("triton") is not None
 
 
 def cuda_scan_available() -> bool:
@@ -330,15 +397,18 @@ def cuda_scan_available() -> bool:
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, impl: str = "auto", chunk_size: Optional[int] = None):
-    """The single dispatch point. impl: auto | sequential | chunked | cpp | cuda. `chunk_size`:
-    None or 0 picks it (chunked: from the shapes, `auto_chunk_size`; cpp: 64).
-    "auto" takes mamba-ssm's CUDA kernel when it imports and `u` is on a CUDA device; on CPU
-    the fused C++ scan when it builds, else the PyTorch chunked scan."""
+    """The single dispatch point. impl: auto | sequential | chunked | cpp | cuda | triton. `chunk_size`:
+    None or 0 picks it (chunked: from the shapes, `auto_chunk_size`; cpp: 64; triton: ~sqrt(T)).
+    "auto" takes mamba-ssm's CUDA kernel when it imports and `u` is on a CUDA device, else the
+    Triton scan when triton imports; on CPU the fused C++ scan when it builds, else the PyTorch
+    chunked scan."""
     if impl == "auto":
         if u.is_cuda:
-            impl = "cuda" if _mamba_ssm_scan is not None else "chunked"
+            impl = "cuda" if _mamba_ssm_scan is not None else "triton" if triton_available() else "chunked"
         else:
             impl = "cpp" if cpp_scan_available() else "chunked"
+    if impl in ("cuda", "triton"):  # external kernels: validated here, before they run
+        check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     if impl == "cuda":
         if _mamba_ssm_scan is None:
             raise RuntimeError("impl='cuda' needs mamba-ssm with its CUDA extension (pip install '.[gpu]')")
@@ -347,6 +417,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size)
     if impl == "cpp":
         return selective_scan_cpp(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size)
+    if impl == "triton":
+        from .selective_scan_triton import selective_scan_triton  # imports triton: only when asked
+
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size)
     if impl == "sequential":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     raise ValueError(f"unknown selective scan impl {impl!r}; choose from {IMPLEMENTATIONS}")

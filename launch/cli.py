@@ -10,26 +10,41 @@ from collections import OrderedDict
 from pathlib import Path
 
 from .config import ConfigError, apply_overrides, load_config, read_yaml, resolved, save_config
+from .logs import setup_logging
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def cmd_train(args) -> int:
+    if args.resume is not None and "=" in args.resume:  # `--resume key=value`: an override, not a tag
+        args.overrides.insert(0, args.resume)
+        args.resume = "latest"
     cfg = resolved(load_config(args.config, args.overrides))
     run_dir = Path(cfg.trainer.run_dir)
     from trainer.checkpoint import CheckpointManager
+
+    from .resume import checked_resume
 
     resume_from = getattr(args, "resume_from", None)
     if resume_from is not None:
         if args.resume is not None:
             raise ConfigError("--resume and --resume-from exclude each other")
         args.resume = _download_resume_checkpoint(cfg, resume_from)
-    published = CheckpointManager(run_dir / "checkpoints").published()
+    checkpoints = CheckpointManager(run_dir / "checkpoints")
+    published = checkpoints.published()
     if args.resume is None and published:
         raise ConfigError(f"trainer.run_dir {run_dir} already holds checkpoints ({published[-1]}); "
                           "continue it with --resume, or choose another trainer.run_dir")
     if args.resume is not None and not published:
         raise ConfigError(f"--resume: no published checkpoint under {run_dir / 'checkpoints'}")
+    if args.resume is not None:
+        args.resume = checked_resume(cfg, checkpoints, args.resume, args.allow_config_change)
+    if args.init_from is not None:
+        if args.resume is not None:
+            raise ConfigError("--init-from starts a new run from another run's weights; it excludes --resume")
+        from .init_from import init_weights_from
+
+        cfg = init_weights_from(cfg, args.init_from)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = run_dir / "config.yaml"
     save_config(cfg, config_file)
@@ -122,8 +137,7 @@ def cmd_demo(args) -> int:
     data_dir = root / "data"
     if not (data_dir / "manifest.json").exists():
         print(f"preparing the demo corpus (Shakespeare, characters) into {data_dir}")
-        prepare_corpus([str(DEMO_CORPUS)], data_dir, tokenizer="char", seq_len=128, val_fraction=0.05,
-                       samples_per_shard=64)
+        prepare_corpus([str(DEMO_CORPUS)], data_dir, tokenizer="char", seq_len=128)
     run_dir = root / "run"
     overrides = [f"data.path={data_dir}", f"trainer.run_dir={run_dir}", *args.overrides]
     cfg = resolved(load_config(REPO_CONFIGS / "demo.yaml", overrides))
@@ -158,16 +172,38 @@ def cmd_demo(args) -> int:
     return code
 
 
+def _load_run(run: str, checkpoint: str):
+    """(model, tokenizer) of a run's checkpoint; one-line errors for a wrong --run or --checkpoint."""
+    from .inference import load_trained_model
+
+    if not (Path(run) / "config.yaml").is_file():
+        raise ConfigError(f"--run {run}: not a training run directory (no config.yaml)")
+    try:
+        model, tokenizer, _ = load_trained_model(run, checkpoint)
+    except FileNotFoundError as err:
+        raise ConfigError(f"--checkpoint {checkpoint}: {err}") from None
+    return model, tokenizer
+
+
 def cmd_generate(args) -> int:
     import torch
 
-    from .inference import encode_prompt, load_trained_model
+    from .inference import encode_prompt
 
-    model, tokenizer, _ = load_trained_model(args.run, args.checkpoint)
+    invalid = [name for name, ok in (("--max-new-tokens", args.max_new_tokens > 0),
+                                     ("--temperature", args.temperature > 0),
+                                     ("--top-k", args.top_k is None or args.top_k > 0),
+                                     ("--top-p", args.top_p is None or 0 < args.top_p <= 1)) if not ok]
+    if invalid:
+        raise ConfigError(f"{invalid[0]} out of range (max-new-tokens, temperature, top-k > 0; 0 < top-p <= 1)")
+    model, tokenizer = _load_run(args.run, args.checkpoint)
     if not hasattr(model, "generate"):
         raise ConfigError(f"model.arch={model.cfg.arch} has no generate()")
+    prompt = encode_prompt(tokenizer, args.prompt)
+    if prompt.numel() == 0:
+        raise ConfigError("--prompt encodes to no tokens")
     generator = torch.Generator().manual_seed(args.seed)
-    out = model.generate(encode_prompt(tokenizer, args.prompt), args.max_new_tokens, temperature=args.temperature,
+    out = model.generate(prompt, args.max_new_tokens, temperature=args.temperature,
                          top_k=args.top_k, top_p=args.top_p, do_sample=not args.greedy, generator=generator)
     print(tokenizer.decode(out[0].tolist()))
     return 0
@@ -176,9 +212,9 @@ def cmd_generate(args) -> int:
 def cmd_convergence(args) -> int:
     from model.inl_convergence import plot_convergence
 
-    from .inference import encode_prompt, load_trained_model
+    from .inference import encode_prompt
 
-    model, tokenizer, _ = load_trained_model(args.run, args.checkpoint)
+    model, tokenizer = _load_run(args.run, args.checkpoint)
     if model.cfg.arch != "inl":
         raise ConfigError(f"convergence plots need an INL model, the run has model.arch={model.cfg.arch}")
     ids = encode_prompt(tokenizer, args.prompt)
@@ -192,19 +228,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train from a YAML config (dotted overrides: trainer.lr=3e-4)")
-    train.add_argument("--config", required=True)
-    train.add_argument("--resume", nargs="?", const="latest", default=None,
-                       help="continue from a checkpoint of trainer.run_dir: latest (default), a step or a tag")
+    train.add_argument("--config", required=True, metavar="FILE", help="YAML run configuration (see `config show`)")
+    train.add_argument("--resume", nargs="?", const="latest", default=None, metavar="STEP",
+                       help="continue from a checkpoint of trainer.run_dir: latest (default; the newest that "
+                            "verifies), a step or a tag; --resume=latest or --resume 400 (a key=value after a "
+                            "bare --resume stays an override)")
     train.add_argument("--resume-from", default=None, metavar="mlflow:RUN_ID",
                        help="download the newest checkpoint logged to an MLflow run and continue that run")
-    train.add_argument("overrides", nargs="*", help="section.key=value")
+    train.add_argument("--allow-config-change", action="store_true",
+                       help="resume although the model or data section differs from the checkpoint's")
+    train.add_argument("--init-from", default=None, metavar="RUN[:STEP]",
+                       help="start from the weights of another run's checkpoint (latest, or STEP): new optimizer, "
+                            "schedule and data order, step 0 (fine-tuning)")
+    train.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides (values as YAML)")
     train.set_defaults(func=cmd_train)
 
     model = sub.add_parser("model", help="model tools").add_subparsers(dest="model_command", required=True)
     summary = model.add_parser("summary", help="parameters per component, built on the meta device")
-    summary.add_argument("--config", required=True)
-    summary.add_argument("--json", action="store_true")
-    summary.add_argument("overrides", nargs="*")
+    summary.add_argument("--config", required=True, metavar="FILE",
+                         help="YAML config (or a run's config.yaml); only its model section (and data.path) is read")
+    summary.add_argument("--json", action="store_true", help="print JSON to stdout instead of a table")
+    summary.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. model.n_layer=4")
     summary.set_defaults(func=cmd_model_summary)
 
     from data_pipeline.cli import add_data_commands
@@ -214,36 +258,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="sample text from a trained run")
     gen.add_argument("--run", required=True, help="run directory (trainer.run_dir)")
-    gen.add_argument("--checkpoint", default="latest")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--max-new-tokens", type=int, default=200)
-    gen.add_argument("--temperature", type=float, default=0.8)
-    gen.add_argument("--top-k", type=int, default=None)
-    gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--greedy", action="store_true")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--checkpoint", default="latest", help="latest, a step number or a tag")
+    gen.add_argument("--prompt", required=True, help="text the sample continues (printed with it)")
+    gen.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
+    gen.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (> 0)")
+    gen.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set of mass >= p")
+    gen.add_argument("--greedy", action="store_true", help="take the most likely token (no sampling)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
     gen.set_defaults(func=cmd_generate)
 
     conv = sub.add_parser("convergence", help="plot an INL model's integrator energy per layer and iteration (PNG)")
-    conv.add_argument("--run", required=True)
-    conv.add_argument("--checkpoint", default="latest")
-    conv.add_argument("--prompt", required=True)
-    conv.add_argument("--out", default="convergence.png")
+    conv.add_argument("--run", required=True, help="run directory of an INL model (trainer.run_dir)")
+    conv.add_argument("--checkpoint", default="latest", help="latest, a step number or a tag")
+    conv.add_argument("--prompt", required=True, help="text whose tokens are traced")
+    conv.add_argument("--out", default="convergence.png", help="PNG file to write")
     conv.set_defaults(func=cmd_convergence)
 
+    from .export_hf import add_export_commands
+
+    add_export_commands(sub.add_parser("export", help="export a trained run (Hugging Face folder)").add_subparsers(
+        dest="export_command", required=True))
+
     demo = sub.add_parser("demo", help="prepare Shakespeare and train a small char model on 2 processes")
-    demo.add_argument("--run-root", default="runs/demo")
-    demo.add_argument("overrides", nargs="*")
+    demo.add_argument("--run-root", default="runs/demo", metavar="DIR", help="where the data and the run go")
+    demo.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides of configs/demo.yaml")
     demo.set_defaults(func=cmd_demo)
-    return parser
+
+    from .plan import add_plan_command
+
+    add_plan_command(sub)
+
+    from .cli_docs import add_config_commands, document
+    from .evaluate import add_eval_command
+
+    add_config_commands(sub.add_parser("config", help="inspect configurations").add_subparsers(
+        dest="config_command", required=True))
+    add_eval_command(sub)
+    parser.add_argument("--verbose", action="store_true", help="log every rank and dependencies' messages")
+    return document(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    setup_logging(verbose_flag=args.verbose)
+    from data_pipeline.errors import DataError
+
     try:
         return args.func(args) or 0
-    except ConfigError as err:
+    except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -28,9 +28,10 @@ class RayConfig(BaseModel):
 
     address: Optional[str] = Field(None, description="Ray cluster address; None: RAY_ADDRESS or a new local instance")
     num_workers: int = Field(2, gt=0, description="Ray Train workers (data-parallel ranks)")
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (and its OMP threads)")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per worker; > 0 selects NCCL")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the workers on nodes")
     max_failures: int = Field(0, ge=-1, description="worker-group restarts Ray Train may make (-1: unlimited)")
     storage_path: Optional[str] = Field(None, description="shared storage for Ray Train checkpoints (path or URI)")
 
@@ -38,7 +39,7 @@ class RayConfig(BaseModel):
 class LauncherConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["local", "ray"] = "local"
+    kind: Literal["local", "ray"] = Field("local", description="local: torchrun on this machine; ray: Ray Train workers")
     ray: RayConfig = RayConfig()
 
 
@@ -60,32 +61,28 @@ class NeuroGraphConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_against_data(self) -> "NeuroGraphConfig":
-        """Cross-section checks: the data directory, vocabulary, sequence length, sharding."""
-        try:
-            manifest = load_manifest(self.data.path)
-        except (FileNotFoundError, ValueError) as err:
-            raise _field_error("data.path", str(err))
+        """Cross-section checks: the data directories, vocabulary, sequence length, workers."""
+        manifests = []
+        for i, path in enumerate(self.data.sources):
+            where = f"data.mixture.{i}.path" if self.data.mixture else "data.path"
+            try:
+                manifests.append(load_manifest(path))
+            except (FileNotFoundError, ValueError) as err:
+                raise _field_error(where, str(err))
+            if manifests[-1]["tokenizer"] != manifests[0]["tokenizer"]:
+                raise _field_error(where, f"{path} was prepared with another tokenizer than {self.data.sources[0]}")
+        manifest = manifests[0]
         vocab = manifest["tokenizer"]["vocab_size"]
         if self.model.vocab_size is None:
             object.__setattr__(self, "model", self.model.model_copy(update={"vocab_size": vocab}))
         elif self.model.vocab_size < vocab:
             raise _field_error("model.vocab_size", f"{self.model.vocab_size} is smaller than the tokenizer's {vocab}")
-        if self.data.seq_len > manifest["seq_len"]:
-            raise _field_error("data.seq_len", f"{self.data.seq_len} exceeds the prepared sequence length {manifest['seq_len']}")
+        prepared = min(m["seq_len"] for m in manifests)
+        if self.data.seq_len > prepared:
+            raise _field_error("data.seq_len", f"{self.data.seq_len} exceeds the prepared sequence length {prepared}")
         context = self.model.context_length
         if context is not None and self.data.seq_len > context:
             raise _field_error("data.seq_len", f"{self.data.seq_len} exceeds the model context model.max_seq_len={context}")
-        mb, workers = self.trainer.micro_batch_size, self.data.num_workers
-        if workers and mb % workers:
-            raise _field_error("data.num_workers", f"{workers} must divide trainer.micro_batch_size={mb}")
-        slots = mb * self.world_size
-        for split in ("train", "val"):
-            shards = len(manifest["splits"][split]["shards"])
-            if shards < slots:
-                raise _field_error(
-                    "data.path",
-                    f"the {split} split has {shards} shards but micro_batch_size x processes = {slots} streams need "
-                    f"at least {slots} (prepare with a smaller --samples-per-shard)")
         return self
 
 
@@ -180,9 +177,16 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> NeuroGraphConfig
 def resolved(cfg: NeuroGraphConfig) -> NeuroGraphConfig:
     """The config with absolute data and run paths, as saved with the run."""
     raw = cfg.model_dump(mode="json")
-    raw["data"]["path"] = str(Path(cfg.data.path).resolve())
+    raw["data"]["path"] = _absolute(cfg.data.path)
+    for source in raw["data"]["mixture"]:
+        source["path"] = _absolute(source["path"])
     raw["trainer"]["run_dir"] = str(Path(cfg.trainer.run_dir).resolve())
     return validate_config(raw)
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute; URLs (s3://...) as they are."""
+    return path if "://" in path else str(Path(path).resolve())
 
 
 def save_config(cfg: NeuroGraphConfig, path: str | Path) -> None:

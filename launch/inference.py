@@ -6,15 +6,20 @@ from typing import Optional
 
 import torch
 
-from data_pipeline import load_tokenizer
+from data_pipeline import DataError, load_tokenizer
 from model import build_model
-from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint import WEIGHTS, CheckpointManager
 
-from .config import load_config
+from .config import ConfigError, NeuroGraphConfig, read_yaml, validate_config
 
 
 def consolidated_state_dict(checkpoint_root: Path, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:
-    """Full fp32 weights from a sharded DeepSpeed checkpoint (any ZeRO stage)."""
+    """Full fp32 weights of a checkpoint: its model.safetensors (the weights the model ran with),
+    else (older checkpoints) consolidated from the DeepSpeed shards (any ZeRO stage)."""
+    if (checkpoint_root / tag / WEIGHTS).is_file():
+        from safetensors.torch import load_file
+
+        return {k: v.float() for k, v in load_file(checkpoint_root / tag / WEIGHTS).items()}
     if zero_stage == 0:
         states = torch.load(checkpoint_root / tag / "mp_rank_00_model_states.pt", weights_only=True)
         return {k: v.float() for k, v in states["module"].items()}
@@ -26,7 +31,7 @@ def consolidated_state_dict(checkpoint_root: Path, tag: str, zero_stage: int) ->
 def load_trained_model(run_dir: str | Path, checkpoint: str = "latest", device: str = "cpu"):
     """(model in eval mode, tokenizer, config) of a run's checkpoint."""
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir)
     manager = CheckpointManager(run_dir / "checkpoints")
     tag = manager.resolve(checkpoint)
     model = build_model(cfg.model)
@@ -38,5 +43,20 @@ def load_trained_model(run_dir: str | Path, checkpoint: str = "latest", device: 
     return model.to(device).eval(), load_tokenizer(cfg.data.path), cfg
 
 
+def load_run_config(run_dir: Path) -> NeuroGraphConfig:
+    """A run's config.yaml, wherever the command runs: a relative `data.path` (a run made
+    portable by hand, or moved with its data) is taken relative to the run directory."""
+    raw = read_yaml(run_dir / "config.yaml")
+    path = raw.get("data", {}).get("path")
+    if path and "://" not in path and not Path(path).is_absolute():
+        raw["data"]["path"] = str((run_dir / path).resolve())
+    return validate_config(raw)
+
+
 def encode_prompt(tokenizer, prompt: str, device: Optional[str] = None) -> torch.Tensor:
-    return torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
+    """[1, T] token ids of `prompt`; a symbol the vocabulary lacks is a ConfigError naming it."""
+    try:
+        ids = tokenizer.encode(prompt)
+    except DataError as err:
+        raise ConfigError(f"--prompt: {err}") from None
+    return torch.tensor([ids], dtype=torch.long, device=device)

@@ -27,11 +27,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Optional
 
+from trainer.preemption import STOP_SIGNALS, Stopped, clear_stop, exit_code, request_stop
+
 from .config import NeuroGraphConfig
+from .logs import VERBOSE_ENV, setup_logging, verbose
 
 log = logging.getLogger("neurograph.launch")
 
@@ -46,6 +50,8 @@ def _ray_address(cfg: NeuroGraphConfig) -> str:
 def worker_env(cfg: NeuroGraphConfig) -> dict[str, str]:
     r = cfg.launcher.ray
     env = {"PYTHONUNBUFFERED": "1"}
+    if verbose():
+        env[VERBOSE_ENV] = "1"
     if r.gpus_per_worker == 0:
         env["DS_ACCELERATOR"] = "cpu"
         env["OMP_NUM_THREADS"] = str(max(1, int(r.cpus_per_worker)))
@@ -87,6 +93,11 @@ def launch_ray(cfg: NeuroGraphConfig, resume: Optional[str]) -> int:
         ),
     )
     log.info("Ray Train run %s: %d workers, checkpoints reported to %s", name, r.num_workers, storage)
+    # `ray job stop` or Ctrl-C: the workers (threads this process cannot signal) read the stop file.
+    received: list[int] = []
+    clear_stop(run_dir)
+    previous = {sig: signal.signal(sig, lambda signum, _: (received.append(signum), request_stop(run_dir, signum)))
+                for sig in STOP_SIGNALS}
     try:
         result = trainer.fit()
     except Exception as err:  # TrainingFailedError once max_failures restarts are used up
@@ -94,6 +105,11 @@ def launch_ray(cfg: NeuroGraphConfig, resume: Optional[str]) -> int:
         return 1
     finally:
         ray.shutdown()
+        clear_stop(run_dir)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        return exit_code(received[0])
     if result.error is not None:
         log.error("Ray Train run %s failed: %s", name, result.error)
         return 1
@@ -110,9 +126,9 @@ def _train_loop_per_worker(config: dict) -> None:
 
     from .config import validate_config
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     cfg = validate_config(config["config"])
     rank = ray.train.get_context().get_world_rank()
+    setup_logging(rank=rank, fmt="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     run_dir = Path(cfg.trainer.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / PID_FILE.format(rank=rank)).write_text(str(os.getpid()))
@@ -123,10 +139,13 @@ def _train_loop_per_worker(config: dict) -> None:
         ray.train.report({**record, "step": step}, checkpoint=checkpoint, checkpoint_dir_name=path.name)
 
     restored = ray.train.get_checkpoint()
-    if restored is None:
-        train(cfg, resume=config["resume"], on_checkpoint=report, launch_id=config["launch_id"])
+    try:
+        if restored is None:
+            train(cfg, resume=config["resume"], on_checkpoint=report, launch_id=config["launch_id"])
+            return
+        with restored.as_directory() as directory:  # local storage: the directory itself, else a download
+            if rank == 0:
+                logging.getLogger("neurograph.launch").info("Ray Train restart: resuming from %s", directory)
+            train(cfg, resume=str(Path(directory).resolve()), on_checkpoint=report, launch_id=config["launch_id"])
+    except Stopped:  # a graceful stop (checkpointed): a normal end for Ray Train, nothing to restart
         return
-    with restored.as_directory() as directory:  # local storage: the directory itself, else a download
-        if rank == 0:
-            logging.getLogger("neurograph.launch").info("Ray Train restart: resuming from %s", directory)
-        train(cfg, resume=str(Path(directory).resolve()), on_checkpoint=report, launch_id=config["launch_id"])

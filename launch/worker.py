@@ -2,27 +2,41 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
+import sys
 
 import torch.distributed as dist
 
 from trainer.loop import train
+from trainer.nonfinite import NonFiniteError
+from trainer.preemption import Stopped, exit_code
 
 from .config import load_config
+from .local import LAUNCHED_BY_NEUROGRAPH
+from .logs import setup_logging
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("config")
-    parser.add_argument("--resume", default=None)
+    parser.add_argument("config", help="the run's resolved config.yaml")
+    parser.add_argument("--resume", default=None, help="checkpoint to continue from: latest, a step or a tag")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(rank=int(os.environ.get("RANK", 0)), fmt="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         train(load_config(args.config), resume=args.resume)
+    except Stopped as stopped:  # checkpointed on SIGINT/SIGTERM
+        # Under `neurograph train` a clean exit keeps torchrun from killing the other ranks;
+        # the launcher reports the signal in its own exit code.
+        return 0 if os.environ.get(LAUNCHED_BY_NEUROGRAPH) else exit_code(stopped.signum)
+    except NonFiniteError as err:  # trainer.on_nonfinite: the message says where and what was kept
+        if dist.get_rank() == 0:
+            logging.getLogger("neurograph.trainer").error("error: %s", err)
+        return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()  # CPU Adam aborts at exit otherwise
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -146,5 +146,5 @@ class HFINLModel(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         c = self.cfg
         d, r, k = c.d_model, c.controller_rank, c.num_iterations
-        per_layer = 4 * d * d + k * 6 * d * r + d * r + 2 * seq_len * d
+        per_layer = 4 * d * d + 6 * k * d * r + 2 * seq_len * d  # integrator as in INLModel.flops_per_token
         return 3 * 2 * (c.n_layer * per_layer + d * c.vocab_size)

@@ -10,8 +10,9 @@ Pre-norm decoder block with three residual branches:
 
 Every option of the model card is a config switch and is implemented for real: a shared
 controller (one for all layers, per-layer [L, 4] scale/bias modulation), hierarchical
-equilibrium mu, per-token adaptive stopping at inference (converged tokens are removed from
-the computation), sparse harmonic excitation in training only, low-rank embeddings and
+equilibrium mu (one global value plus zero-sum per-group offsets), per-token adaptive stopping
+at inference (converged tokens are removed from the computation), sparse harmonic excitation
+(random in training, its expectation at evaluation, like dropout's rescaling), low-rank embeddings and
 sinusoidal or rotary positions. Attention keys/values are cached for generation; the
 integrator runs only for new tokens.
 
@@ -28,7 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from kernels.integrator import INIT_RAW_BIAS, controller_activations, integrator_step
+from kernels.integrator import (INIT_RAW_BIAS, controller_activations, integrator_adaptive, integrator_iterations,
+                                integrator_step, use_fused_iterations)
 
 from .generation import generate
 from .layers import (MLP, CausalSelfAttention, KVCache, RotaryEmbedding, TokenPositions, check_shapes,
@@ -50,15 +52,20 @@ class INLConfig(ModelConfig):
     dt: float = Field(0.1, gt=0.0, description="fixed integration step")
     controller_rank: int = Field(64, gt=0, description="hidden width r of the controller MLP")
     shared_controller: bool = Field(True, description="one controller for all layers + per-layer [4] scale/bias")
-    hierarchical_equilibrium: bool = Field(False, description="mu = mu_global + repeat(mu_group, group_size)")
-    group_size: int = Field(64, gt=0)
+    hierarchical_equilibrium: bool = Field(False, description="mu = one global value + per-group offsets summing to "
+                                           "zero (D / group_size parameters); off: one mu per channel (D)")
+    group_size: int = Field(64, gt=0, description="channels per equilibrium group (hierarchical_equilibrium)")
     adaptive_stopping: bool = Field(False, description="per-token early stop at inference (eval mode)")
     min_iterations: int = Field(3, gt=0)
     stop_threshold: float = Field(1e-3, ge=0.0, description="stop once ||z_k - z_{k-1}||_2 < threshold")
-    excitation_sparsity: float = Field(0.0, ge=0.0, le=1.0, description="fraction of channels excited (training only)")
+    excitation_sparsity: float = Field(0.0, ge=0.0, le=1.0, description="probability p that a (token, channel) pair is "
+                                       "excited in training; evaluation adds the expected excitation (p x the wave)")
     lowrank_embeddings: bool = False
     lowrank_ratio: float = Field(0.125, gt=0.0, le=1.0)
     tie_embeddings: bool = Field(False, description="output head reuses the (low-rank) input embedding")
+    integrator_impl: Literal["auto", "reference", "triton"] = Field(
+        "auto", description="K iterations with the controller in one Triton kernel (triton; auto: on CUDA when "
+        "installed) or the PyTorch loop (reference, for debugging). Traces and the convergence loss use the loop")
     convergence_weight: float = Field(0.0, ge=0.0, description="weight of the auxiliary convergence loss: mean "
                                       "||z_k - z_(k-1)||^2 / D over k > min_iterations (training; "
                                       "`INLModel.aux_loss()`), 0 disables")
@@ -155,6 +162,13 @@ class IntegratorController(nn.Module):
             raw = raw * self.layer_scale[layer, :, None] + self.layer_bias[layer, :, None]
         return raw
 
+    def weights(self, layer: int = 0) -> tuple[torch.Tensor, ...]:
+        """(Wz, Wv [r, D], Wout [4D, r], b_out [4D], scale, shift [4]) for kernels/integrator.py's fused iterations."""
+        d, w = self.d_model, self.fc_in.weight
+        scale = self.layer_scale[layer] if self.layer_scale is not None else w.new_ones(4)
+        shift = self.layer_bias[layer] if self.layer_bias is not None else w.new_zeros(4)
+        return w[:, d : 2 * d], w[:, 2 * d :], self.fc_out.weight, self.fc_out.bias, scale, shift
+
     def reference(self, h: torch.Tensor, z: torch.Tensor, v: torch.Tensor, layer: int = 0) -> torch.Tensor:
         """The literal definition on the concatenation [h, z, v] (tests compare with `forward`)."""
         raw = self.fc_out(F.relu(self.fc_in(torch.cat([h, z, v], dim=-1)))).view(-1, 4, self.d_model)
@@ -164,14 +178,26 @@ class IntegratorController(nn.Module):
 
 
 class IntegratorBranch(nn.Module):
-    """K iterations of the integrator dynamics for one layer. Holds the layer's equilibrium
-    (mu_global [D], mu_group [D/G] when hierarchical), its excitation parameters and — when the
-    controller is not shared — its own controller.
+    """K iterations of the integrator dynamics for one layer. Holds the layer's equilibrium, its
+    excitation parameters and — when the controller is not shared — its own controller.
+
+    Equilibrium: per channel, mu_global [D]; hierarchical (G = D / group_size groups), the
+    authors' global value plus per-group offsets without redundancy: mu_global [1] is the mean
+    equilibrium and mu_group [G-1] the offsets of groups 0..G-2 (group G-1's offset is minus
+    their sum), so mu has exactly G degrees of freedom and G parameters (one group: a single
+    global value). Checkpoints with the old shapes (mu_global [D], mu_group [G]) are converted
+    when their mu is constant within groups, and refused otherwise.
+
+    Excitation (excitation_sparsity p > 0): iteration k adds mask * a * sin(f (k+1)) to the
+    velocity, the mask drawn per (token, channel) with probability p, in training; evaluation
+    adds its expectation p * a * sin(f (k+1)) (dropout's rescaling rule), so the amplitude a
+    that training tunes is also used at inference. Each update is linear in the excitation,
+    so the eval update equals the expectation of the training update over the mask.
 
     Runtime attributes (not config, may be changed on a built model):
     `adaptive_stopping`, `min_iterations`, `stop_threshold`; after an adaptive forward
     `last_iterations` [B, T] holds the iterations used per token; when `trace` is a list, every
-    iteration appends {"energy", "update"} (per-token tensors, for convergence plots)."""
+    iteration appends {"energy", "update"} (per-token tensors, for convergence plots; see `_record`)."""
 
     def __init__(self, cfg: INLConfig, layer: int, own_controller: bool):
         super().__init__()
@@ -181,14 +207,17 @@ class IntegratorBranch(nn.Module):
         self.num_iterations = cfg.num_iterations
         self.dt = cfg.dt
         self.group_size = cfg.group_size if cfg.hierarchical_equilibrium else 0
-        self.mu_global = nn.Parameter(torch.zeros(d))
-        self.mu_group = nn.Parameter(torch.zeros(d // cfg.group_size)) if self.group_size else None
+        n_groups = d // cfg.group_size if self.group_size else 0
+        self.mu_global = nn.Parameter(torch.zeros(1 if self.group_size else d))
+        self.mu_group = nn.Parameter(torch.zeros(n_groups - 1)) if n_groups > 1 else None
+        self.register_load_state_dict_pre_hook(_convert_old_equilibrium)
         self.excitation_sparsity = cfg.excitation_sparsity
         if cfg.excitation_sparsity > 0:
             self.excitation_amplitude = nn.Parameter(torch.full((d,), 0.05))
             self.excitation_frequency = nn.Parameter(torch.linspace(0.5, 2.0, d))
         self.controller = IntegratorController(d, cfg.controller_rank) if own_controller else None
         self.adaptive_stopping = cfg.adaptive_stopping
+        self.impl = cfg.integrator_impl
         self.min_iterations = cfg.min_iterations
         self.stop_threshold = cfg.stop_threshold
         self.last_iterations: Optional[torch.Tensor] = None
@@ -199,22 +228,29 @@ class IntegratorBranch(nn.Module):
 
     def equilibrium(self) -> torch.Tensor:
         """mu [D]."""
-        if self.mu_group is None:
+        if not self.group_size:
             return self.mu_global
-        return self.mu_global + self.mu_group.repeat_interleave(self.group_size)
+        if self.mu_group is None:  # one group
+            return self.mu_global.expand(self.d_model)
+        offsets = torch.cat([self.mu_group, -self.mu_group.sum(0, keepdim=True)])  # [G], sums to zero
+        return (self.mu_global + offsets).repeat_interleave(self.group_size)
 
     def excitation_mask(self, n: int, like: torch.Tensor) -> Optional[torch.Tensor]:
-        """Training only: the random `excitation_sparsity` fraction of (token, channel) pairs excited
-        during this forward ([N, D] 0/1 in like's dtype). None in eval mode or when disabled."""
+        """Training only: the (token, channel) pairs excited during this forward, each with
+        probability `excitation_sparsity` ([N, D] 0/1 in like's dtype). None in eval mode or when disabled."""
         if not self.training or self.excitation_sparsity <= 0:
             return None
         return (torch.rand(n, self.d_model, device=like.device) < self.excitation_sparsity).to(like.dtype)
 
-    def excitation(self, k: int, mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """Harmonic excitation of iteration k on the masked pairs: mask * amplitude * sin(frequency * (k+1))."""
-        if mask is None:
+    def excitation(self, k: int, mask: Optional[torch.Tensor], like: torch.Tensor) -> Optional[torch.Tensor]:
+        """Excitation of iteration k: mask * a * sin(f (k+1)) [N, D] with a training mask; in eval
+        mode its expectation p * a * sin(f (k+1)) [D]. None when disabled."""
+        if self.excitation_sparsity <= 0:
             return None
-        return mask * (self.excitation_amplitude * torch.sin(self.excitation_frequency * (k + 1))).to(mask.dtype)
+        wave = (self.excitation_amplitude * torch.sin(self.excitation_frequency * (k + 1))).to(like.dtype)  # [D]
+        if self.training:
+            return mask * wave
+        return self.excitation_sparsity * wave
 
     def forward(self, z0: torch.Tensor, h: torch.Tensor, controller: Optional[IntegratorController] = None) -> torch.Tensor:
         """z0 = LN_1(x) [B, T, D], context h [B, T, D] -> z_K [B, T, D]."""
@@ -223,7 +259,21 @@ class IntegratorBranch(nn.Module):
         z = z0.reshape(b * t, d)
         ctx = ctrl.context(h.reshape(b * t, d))  # [N, r], constant over iterations
         mu = self.equilibrium()
-        if self.adaptive_stopping and not self.training and self.trace is None:
+        adaptive = self.adaptive_stopping and not self.training and self.trace is None
+        if self.trace is None and not self.track_convergence and use_fused_iterations(self.impl, z):
+            # all K iterations in one kernel; excitation passed as its mask and per-iteration waves [K, D]
+            mask = self.excitation_mask(z.shape[0], z)
+            unit = None if mask is None else torch.ones((), dtype=z.dtype, device=z.device)  # training: the wave itself
+            waves = (None if self.excitation_sparsity <= 0
+                     else torch.stack([self.excitation(k, unit, z) for k in range(self.num_iterations)]))
+            args = (z, ctx, *ctrl.weights(self.layer), mu.expand(d), self.dt, self.num_iterations)
+            if adaptive:
+                z, iters = integrator_adaptive(*args, self.min_iterations, self.stop_threshold, impl=self.impl, waves=waves)
+            else:
+                z, iters = integrator_iterations(*args, impl=self.impl, mask=mask, waves=waves), None
+            self.last_iterations, self.last_update_sq = None if iters is None else iters.view(b, t), None
+            return z.view(b, t, d)
+        if adaptive:
             z, iters = self._adaptive(z, ctx, mu, ctrl)
             self.last_iterations = iters.view(b, t)
             return z.view(b, t, d)
@@ -232,7 +282,7 @@ class IntegratorBranch(nn.Module):
         mask = self.excitation_mask(z.shape[0], z)
         for k in range(self.num_iterations):
             raw = ctrl(ctx, z, v, self.layer)
-            z_new, v = integrator_step(z, v, mu, raw, self.dt, self.excitation(k, mask))
+            z_new, v = integrator_step(z, v, mu, raw, self.dt, self.excitation(k, mask, z))
             if self.trace is not None:
                 self._record(raw, z, z_new, v, mu)
             if self.track_convergence and self.training and k >= self.min_iterations:
@@ -244,9 +294,12 @@ class IntegratorBranch(nn.Module):
 
     @torch.no_grad()
     def _record(self, raw, z_old, z_new, v_new, mu) -> None:
-        _, _, _, v_target = controller_activations(raw)
+        """Energy against the fixed point of this iteration's update: v* = 0 and
+        z* = mu + (1 - alpha) v_target / beta, so it goes to zero when the iteration converges."""
+        alpha, beta, _, v_target = controller_activations(raw)
+        z_star = mu + (1 - alpha) * v_target / beta
         self.trace.append({
-            "energy": ((z_new - mu).pow(2).sum(-1) + (v_new - v_target).pow(2).sum(-1)).float().cpu(),
+            "energy": ((z_new - z_star).pow(2).sum(-1) + v_new.pow(2).sum(-1)).float().cpu(),
             "update": (z_new - z_old).norm(dim=-1).float().cpu(),
         })
 
@@ -257,23 +310,51 @@ class IntegratorBranch(nn.Module):
         `min_iterations` (no copy); only the rows of tokens still iterating are rewritten.
         Returns z [N, D] and the iterations used per token [N]."""
         v, first = None, min(self.min_iterations, self.num_iterations)
-        for _ in range(first):
+        for k in range(first):
             prev = z
-            z, v = integrator_step(z, v, mu, ctrl(ctx, z, v, self.layer), self.dt)
+            z, v = integrator_step(z, v, mu, ctrl(ctx, z, v, self.layer), self.dt, self.excitation(k, None, z))
         out = z
         iters = torch.full((z.shape[0],), first, dtype=torch.int32, device=z.device)
         rows = None  # rows of `out` still iterating (None: all of them)
-        for _ in range(first, self.num_iterations):
+        for k in range(first, self.num_iterations):
             moving = ((z - prev).norm(dim=-1) >= self.stop_threshold).nonzero().squeeze(1)
             if moving.numel() == 0:
                 break
             rows = moving if rows is None else rows[moving]
             z, v, ctx = z.index_select(0, moving), v.index_select(0, moving), ctx.index_select(0, moving)
             prev = z
-            z, v = integrator_step(z, v, mu, ctrl(ctx, z, v, self.layer), self.dt)
+            z, v = integrator_step(z, v, mu, ctrl(ctx, z, v, self.layer), self.dt, self.excitation(k, None, z))
             out[rows] = z
             iters[rows] += 1
         return out, iters
+
+
+def _convert_old_equilibrium(branch: IntegratorBranch, state_dict: dict, prefix: str, *_) -> None:
+    """load_state_dict pre-hook: a hierarchical checkpoint from before the non-redundant
+    parametrisation (mu_global [D] + repeat(mu_group [G])) is rewritten in place to
+    (mu_global [1], mu_group [G-1]) when its mu is constant within every group; otherwise
+    it cannot be expressed and is refused."""
+    g_key, o_key = prefix + "mu_global", prefix + "mu_group"
+    old_global = state_dict.get(g_key)
+    if not branch.group_size or old_global is None or old_global.shape != (branch.d_model,):
+        return
+    n_groups = branch.d_model // branch.group_size
+    mu = old_global.double()
+    if o_key in state_dict:
+        mu = mu + state_dict[o_key].double().repeat_interleave(branch.group_size)
+    per_group = mu.view(n_groups, branch.group_size).mean(1)  # [G]
+    spread = (mu - per_group.repeat_interleave(branch.group_size)).abs().max().item()
+    if spread > 1e-6 * (1.0 + mu.abs().max().item()):
+        raise ValueError(
+            f"{g_key}: checkpoint has the old redundant hierarchical equilibrium (mu_global of shape "
+            f"[{branch.d_model}]) whose mu differs within groups of {branch.group_size} channels by up to "
+            f"{spread:.3g}; the current model has one global value plus per-group offsets and cannot represent "
+            "it: load it with hierarchical_equilibrium: false")
+    mean = per_group.mean()
+    state_dict[g_key] = mean.reshape(1).to(old_global.dtype)
+    state_dict.pop(o_key, None)
+    if n_groups > 1:
+        state_dict[o_key] = (per_group[:-1] - mean).to(old_global.dtype)
 
 
 class INLBlock(nn.Module):
@@ -374,10 +455,11 @@ class INLModel(nn.Module):
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3 x forward), matmuls and attention scores.
-        Per layer: attention 4 D^2, FFN 2 D F, integrator K x (2D r + r 4D) + D r (context, once)."""
+        Per layer: attention 4 D^2, FFN 2 D F, integrator 6 K D r: the controller's context (once),
+        z (K times) and v (K-1 times: v_0 = 0) inputs D r each, outputs 4 D r (K times)."""
         c = self.cfg
         d, r, k = c.d_model, c.controller_rank, c.num_iterations
-        per_layer = 4 * d * d + 2 * d * c.feedforward_dim + k * (2 * d * r + 4 * d * r) + d * r
+        per_layer = 4 * d * d + 2 * d * c.feedforward_dim + 6 * k * d * r
         emb = c.embedding_rank * d if c.lowrank_embeddings else 0
         head = (c.embedding_rank * d + c.embedding_rank * c.vocab_size) if (c.tie_embeddings and c.lowrank_embeddings) \
             else d * c.vocab_size

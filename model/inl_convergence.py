@@ -4,8 +4,12 @@ and the iterations each token actually used under adaptive stopping.
     trace = trace_convergence(model, ids)           # numbers only
     plot_convergence(model, ids, "convergence.png")  # PNG (matplotlib, Agg backend)
 
-Energy at iteration k (token-wise, averaged over the prompt's tokens):
-E_k = ||z_k - mu||^2 + ||v_k - v_target,k||^2, update U_k = ||z_k - z_{k-1}||.
+Energy at iteration k (token-wise, averaged over the prompt's tokens), measured against the
+fixed point of the update with iteration k's coefficients, v* = 0 and
+z*_k = mu + (1 - alpha_k) v_target,k / beta_k:  E_k = ||z_k - z*_k||^2 + ||v_k||^2 (zero once
+converged; ||z - mu|| is not: the equilibrium is shifted by the target velocity);
+update U_k = ||z_k - z_{k-1}||. With constant coefficients the iteration converges exactly when
+p = dt * gate * beta < 2 (1 + alpha) (kernels/integrator.py, `is_stable`).
 Works for INLModel and for HF models whose FFNs were replaced by `replace_ffn_with_inl`.
 """
 from __future__ import annotations
@@ -22,7 +26,7 @@ from .inl import IntegratorBranch
 
 @dataclass
 class ConvergenceTrace:
-    energy: torch.Tensor            # [L, K] mean over tokens of ||z_k - mu||^2 + ||v_k - v_target||^2
+    energy: torch.Tensor            # [L, K] mean over tokens of ||z_k - z*_k||^2 + ||v_k||^2
     update: torch.Tensor            # [L, K] mean over tokens of ||z_k - z_{k-1}||
     iterations: Optional[torch.Tensor]  # [L, T] iterations used per token with adaptive stopping (batch row 0)
     threshold: float
@@ -88,7 +92,7 @@ def plot_convergence(model: nn.Module, input_ids: torch.Tensor, path: str | Path
         color = cmap(layer / max(1, n_layers - 1))
         axes[0].plot(steps, tr.energy[layer].numpy(), marker="o", color=color, label=f"layer {layer}")
         axes[1].plot(steps, tr.update[layer].numpy(), marker="o", color=color)
-    axes[0].set(title="energy ||z-mu||^2 + ||v-v_target||^2", xlabel="iteration", yscale="log")
+    axes[0].set(title="energy ||z-z*||^2 + ||v||^2", xlabel="iteration", yscale="log")
     axes[1].axhline(tr.threshold, color="red", linestyle="--", label=f"threshold {tr.threshold:g}")
     axes[1].set(title="update ||z_k - z_(k-1)||", xlabel="iteration", yscale="log")
     axes[1].legend(fontsize=7)

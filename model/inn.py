@@ -45,8 +45,11 @@ class INNConfig(ModelConfig):
     neuron_identity: Literal["none", "embedding"] = "embedding"
     per_neuron_conv: bool = False
     adapter_rank: int = Field(0, ge=0, description="per-neuron low-rank adapter on the SSM in_proj (0: off)")
-    scan_impl: Literal["auto", "sequential", "chunked", "cpp", "cuda"] = "auto"
+    scan_impl: Literal["auto", "sequential", "chunked", "cpp", "cuda", "triton"] = "auto"
     scan_chunk_size: int = Field(0, ge=0, description="chunked scan chunk length (0: from the shapes)")
+    router_impl: Literal["auto", "reference", "triton"] = Field(
+        "auto", description="neuron attention kernels of the dense/top-k/hierarchical routers: triton (auto: on CUDA "
+        "when installed and dropout is 0) or reference (PyTorch, for debugging)")
     checkpoint_layers: bool = Field(False, description="recompute each layer in backward (activation memory)")
 
     @model_validator(mode="after")
@@ -75,7 +78,7 @@ class INNLayer(nn.Module):
                                  per_neuron_conv=cfg.per_neuron_conv, adapter_rank=cfg.adapter_rank,
                                  scan_impl=cfg.scan_impl, chunk_size=cfg.scan_chunk_size)
         self.router = build_router(cfg.routing, cfg.d_model, cfg.n_head, cfg.n_neurons, cfg.dropout,
-                                   cfg.topk, cfg.topk_sketch_dim, cfg.group_size)
+                                   cfg.topk, cfg.topk_sketch_dim, cfg.group_size, cfg.router_impl)
         self.ln_route = nn.LayerNorm(cfg.d_model) if self.router is not None else None
         self.drop = nn.Dropout(cfg.dropout)
 

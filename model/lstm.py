@@ -21,6 +21,8 @@ class LSTMConfig(ModelConfig):
 
 @register_model("lstm", LSTMConfig)
 class LSTMLanguageModel(RecurrentGeneration, nn.Module):
+    state_batch_dim = 1  # nn.LSTM's (h, c) are [layers, B, D]
+
     def __init__(self, cfg: LSTMConfig):
         super().__init__()
         self.cfg = cfg

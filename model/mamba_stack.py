@@ -21,7 +21,7 @@ class MambaStackConfig(ModelConfig):
     d_conv: int = Field(4, gt=0)
     expand: int = Field(2, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    scan_impl: Literal["auto", "sequential", "chunked", "cpp", "cuda"] = "auto"
+    scan_impl: Literal["auto", "sequential", "chunked", "cpp", "cuda", "triton"] = "auto"
     scan_chunk_size: int = Field(0, ge=0, description="chunked scan chunk length (0: from the shapes)")
 
 

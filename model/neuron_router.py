@@ -15,7 +15,9 @@ tensor axis everywhere; there is no Python loop over neurons.
   group summaries (means), recursively while more than G summaries remain; each group's
   result is broadcast back to its members. Per-neuron cost stays flat in N. With one group
   it is dense attention.
-`build_router(kind, ...)` is the one constructor; "none" returns None (no branch).
+`build_router(kind, ...)` is the one constructor; "none" returns None (no branch). The attention
+itself (dense, top-k) goes through kernels/neuron_attention.py's dispatch (`impl`: auto, reference,
+triton).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from kernels.neuron_attention import neuron_attention, topk_neuron_attention
 
 ROUTINGS = ("dense", "none", "static", "topk", "hierarchical")
 
@@ -32,11 +35,11 @@ ROUTINGS = ("dense", "none", "static", "topk", "hierarchical")
 class _Attention(nn.Module):
     """Q/K/V and output projections with biases (like torch.nn.MultiheadAttention)."""
 
-    def __init__(self, d_model: int, n_head: int, dropout: float):
+    def __init__(self, d_model: int, n_head: int, dropout: float, impl: str = "auto"):
         super().__init__()
         if d_model % n_head:
             raise ValueError(f"d_model {d_model} is not divisible by n_head {n_head}")
-        self.n_head, self.dropout = n_head, dropout
+        self.n_head, self.dropout, self.impl = n_head, dropout, impl
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
@@ -49,9 +52,8 @@ class _Attention(nn.Module):
 class DenseRouter(_Attention):
     def forward(self, m: torch.Tensor) -> torch.Tensor:
         M, N, D = m.shape
-        q, k, v = (t.transpose(1, 2) for t in self.heads(m))  # [M, H, N, hd]
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(M, N, D))
+        y = neuron_attention(*self.heads(m), self.impl, self.dropout if self.training else 0.0)  # [M, N, H, hd]
+        return self.out(y.reshape(M, N, D))
 
     def flops_per_neuron(self, n: int) -> float:
         d = self.out.in_features
@@ -75,8 +77,9 @@ class StaticRouter(nn.Module):
 
 
 class TopKRouter(_Attention):
-    def __init__(self, d_model: int, n_head: int, dropout: float, k: int, sketch_dim: int = 32, seed: int = 0):
-        super().__init__(d_model, n_head, dropout)
+    def __init__(self, d_model: int, n_head: int, dropout: float, k: int, sketch_dim: int = 32, seed: int = 0,
+                 impl: str = "auto"):
+        super().__init__(d_model, n_head, dropout, impl)
         self.k = k
         self.sketch_dim = sketch_dim if 0 < sketch_dim < d_model else 0
         if self.sketch_dim:
@@ -99,12 +102,7 @@ class TopKRouter(_Attention):
         q, k, v = self.heads(m)  # [M, N, H, hd]
         with torch.no_grad():
             idx = self.select(q, k)  # [M, N, k]
-        kk = idx.shape[-1]
-        rows = torch.arange(M, device=m.device)[:, None, None]
-        k_sel, v_sel = k[rows, idx], v[rows, idx]  # [M, N, k, H, hd]
-        logits = (q[:, :, None] * k_sel).sum(-1) / math.sqrt(q.shape[-1])  # [M, N, k, H]
-        w = F.dropout(torch.softmax(logits, dim=2), self.dropout, self.training)
-        y = (w[..., None] * v_sel).sum(2)  # [M, N, H, hd]
+        y = topk_neuron_attention(q, k, v, idx, self.impl, self.dropout if self.training else 0.0)  # [M, N, H, hd]
         return self.out(y.reshape(M, N, D))
 
     def flops_per_neuron(self, n: int) -> float:
@@ -114,16 +112,16 @@ class TopKRouter(_Attention):
 
 
 class HierarchicalRouter(nn.Module):
-    def __init__(self, d_model: int, n_head: int, dropout: float, n_neurons: int, group_size: int):
+    def __init__(self, d_model: int, n_head: int, dropout: float, n_neurons: int, group_size: int, impl: str = "auto"):
         super().__init__()
         self.group_size = group_size
-        self.local = DenseRouter(d_model, n_head, dropout)
+        self.local = DenseRouter(d_model, n_head, dropout, impl)
         n_groups = math.ceil(n_neurons / group_size)
         if n_groups > 1:
             if n_neurons % group_size:
                 raise ValueError(f"{n_neurons} neurons do not split into groups of {group_size}")
-            self.upper = (HierarchicalRouter(d_model, n_head, dropout, n_groups, group_size)
-                          if n_groups > group_size else DenseRouter(d_model, n_head, dropout))
+            self.upper = (HierarchicalRouter(d_model, n_head, dropout, n_groups, group_size, impl)
+                          if n_groups > group_size else DenseRouter(d_model, n_head, dropout, impl))
         else:
             self.upper = None
 
@@ -145,15 +143,16 @@ class HierarchicalRouter(nn.Module):
 
 
 def build_router(kind: str, d_model: int, n_head: int, n_neurons: int, dropout: float = 0.0,
-                 topk: int = 8, sketch_dim: int = 32, group_size: int = 32) -> Optional[nn.Module]:
+                 topk: int = 8, sketch_dim: int = 32, group_size: int = 32, impl: str = "auto") -> Optional[nn.Module]:
+    """`impl`: the attention kernels of the attention routers (kernels/neuron_attention.py)."""
     if kind == "dense":
-        return DenseRouter(d_model, n_head, dropout)
+        return DenseRouter(d_model, n_head, dropout, impl)
     if kind == "none":
         return None
     if kind == "static":
         return StaticRouter(d_model, n_neurons)
     if kind == "topk":
-        return TopKRouter(d_model, n_head, dropout, topk, sketch_dim)
+        return TopKRouter(d_model, n_head, dropout, topk, sketch_dim, impl=impl)
     if kind == "hierarchical":
-        return HierarchicalRouter(d_model, n_head, dropout, n_neurons, group_size)
+        return HierarchicalRouter(d_model, n_head, dropout, n_neurons, group_size, impl)
     raise ValueError(f"unknown routing {kind!r}; choose from {ROUTINGS}")

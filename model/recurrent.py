@@ -15,6 +15,8 @@ class RecurrentGeneration:
     """Mixin: a model defines `prefill(input_ids) -> (logits [B, T, V], state)` and
     `decode_step(token_ids [B], state) -> (logits [B, V], state)`; it gets `generate`."""
 
+    state_batch_dim = 0  # batch axis of the state's tensors (beam search reorders along it)
+
     def prefill(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
         raise NotImplementedError
 

@@ -1,16 +1,26 @@
-"""Sharded DeepSpeed checkpoints, written to a staging name and published atomically.
+"""Sharded DeepSpeed checkpoints, written to a staging name, sealed with a manifest and
+published atomically.
 
 Layout under `<run_dir>/checkpoints/`:
-    step_00000100/      one published checkpoint (DeepSpeed shards + per-rank RNG states)
-    latest              the tag of the newest published checkpoint
+    step_00000100/      one published checkpoint: DeepSpeed shards, per-rank RNG states,
+                        model.safetensors (full weights) and manifest.json (sha256 of every
+                        file, step, world size, resolved config)
+    latest              the tag of the newest published checkpoint (rebuilt if missing)
+    pinned              tags retention never deletes (the last one before a non-finite step)
     .staging/           checkpoints being written; never read
 A crash while saving leaves only a partial directory in `.staging/`; `latest` and every
-published checkpoint stay intact.
+published checkpoint stay intact. Nothing is unpickled without restriction: DeepSpeed's files
+are read through `WeightsOnlyCheckpointEngine` (torch.load(weights_only=True) with a few
+allow-listed DeepSpeed classes), whether the checkpoint was written here or downloaded.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -18,12 +28,23 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
 LATEST = "latest"
+PINNED = "pinned"
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+TAG_PATTERN = re.compile(r"step_\d+")
+
+log = logging.getLogger("neurograph.checkpoint")
 
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
+
+
+def is_tag(name: str) -> bool:
+    return TAG_PATTERN.fullmatch(name) is not None
 
 
 def capture_rng() -> dict:
@@ -45,38 +66,138 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# ---- restricted loading ------------------------------------------------------------------
+def deepspeed_safe_globals() -> list:
+    """The only classes (besides tensors and containers) a DeepSpeed ZeRO checkpoint pickles."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_load(path: str | Path, map_location=None, mmap: bool = False):
+    """torch.load with the restricted unpickler: tensors, containers and the allow-list only."""
+    with torch.serialization.safe_globals(deepspeed_safe_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine, loading through `safe_load` instead of pickle."""
+
+    def load(self, path: str, map_location=None):
+        return safe_load(path, map_location=map_location)
+
+
+# ---- manifest ----------------------------------------------------------------------------
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, **meta) -> None:
+    """Seal a checkpoint directory: sha256 of every file + `meta` (step, world_size, config)."""
+    files = {p.relative_to(directory).as_posix(): sha256(p) for p in sorted(directory.rglob("*"))
+             if p.is_file() and p.name != MANIFEST}
+    _atomic_write(directory / MANIFEST, json.dumps({**meta, "files": files}, indent=1))
+
+
+def read_manifest(directory: Path) -> dict:
+    return json.loads((directory / MANIFEST).read_text())
+
+
+def check_checkpoint(directory: Path) -> Optional[str]:
+    """Why the checkpoint in `directory` cannot be trusted, or None: every file listed in its
+    manifest, none missing, none extra, each matching its sha256, each `.pt` file loadable by
+    the restricted unpickler."""
+    try:
+        files = read_manifest(directory)["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (an incomplete checkpoint, or one written before checksums)"
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is unreadable"
+    present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()} - {MANIFEST}
+    if not isinstance(files, dict) or any(".." in Path(n).parts or Path(n).is_absolute() for n in files):
+        return f"{MANIFEST} lists invalid file names"
+    if present - set(files):
+        return f"{sorted(present - set(files))[0]} is not listed in {MANIFEST}"
+    for name, digest in files.items():
+        if name not in present:
+            return f"{name} is missing"
+        if sha256(directory / name) != digest:
+            return f"{name} does not match its sha256 (truncated or modified)"
+    for name in sorted(n for n in files if n.endswith(".pt")):
+        try:
+            safe_load(directory / name, map_location="cpu", mmap=True)
+        except Exception as err:  # an unsafe pickle, or not a torch file at all
+            return f"{name} cannot be loaded safely ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+    return None
+
+
 class CheckpointManager:
     """Saves and restores engine + client state (step, data position, tracking run) + RNG."""
 
-    def __init__(self, root: str | Path, keep: int = 2):
+    def __init__(self, root: str | Path, keep: int = 2, meta: Optional[dict] = None):
+        """`meta`: written into every manifest (the resolved config, world size)."""
         self.root = Path(root)
         self.staging = self.root / ".staging"
         self.keep = keep
+        self.meta = meta or {}
 
     # ---- discovery -------------------------------------------------------------------
     def latest_tag(self) -> Optional[str]:
+        """The `latest` pointer; a missing or dangling one is rebuilt from the directory."""
         marker = self.root / LATEST
-        if not marker.is_file():
+        tag = marker.read_text().strip() if marker.is_file() else None
+        if tag is not None and is_tag(tag) and (self.root / tag).is_dir():
+            return tag
+        published = self.published()
+        if not published:
             return None
-        tag = marker.read_text().strip()
-        return tag if (self.root / tag).is_dir() else None
+        log.warning("checkpoint pointer %s %s: rebuilt from the directory as %s", marker,
+                    "is missing" if tag is None else f"names {tag!r}, which is not there", published[-1])
+        _atomic_write(marker, published[-1])
+        return published[-1]
 
     def published(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_tag(p.name))
 
     def resolve(self, which: str) -> str:
-        """`latest`, a tag (`step_00000100`) or a step number -> a published tag."""
+        """`latest`, a tag (`step_00000100`) or a step number -> a published tag (unverified)."""
         if which == LATEST:
             tag = self.latest_tag()
             if tag is None:
                 raise FileNotFoundError(f"no published checkpoint under {self.root}")
             return tag
         tag = tag_for(int(which)) if which.isdigit() else which
-        if not (self.root / tag).is_dir():
+        if not is_tag(tag) or not (self.root / tag).is_dir():
             raise FileNotFoundError(f"checkpoint {tag} not found under {self.root}; have: {self.published()}")
         return tag
+
+    def resolve_verified(self, which: str, before: Optional[int] = None) -> str:
+        """Like `resolve`, but the checkpoint must pass `check_checkpoint`. `latest` falls back
+        to the newest one that does (only those before step `before`, if given), logging each
+        one skipped and why; an explicit tag that fails raises."""
+        if which != LATEST:
+            tag = self.resolve(which)
+            problem = check_checkpoint(self.root / tag)
+            if problem:
+                raise ValueError(f"checkpoint {self.root / tag} is not usable: {problem}")
+            return tag
+        self.latest_tag()  # rebuild a missing pointer
+        candidates = [t for t in reversed(self.published()) if before is None or step_of(t) < before]
+        for tag in candidates:
+            problem = check_checkpoint(self.root / tag)
+            if problem is None:
+                return tag
+            log.warning("skipping checkpoint %s: %s", self.root / tag, problem)
+        skipped = " (all skipped above)" if candidates else ""
+        raise FileNotFoundError(f"no usable checkpoint under {self.root}{skipped}")
 
     # ---- save / load -----------------------------------------------------------------
     def save(self, engine, step: int, client_state: dict) -> Path:
@@ -89,8 +210,13 @@ class CheckpointManager:
         dist.barrier()
         engine.save_checkpoint(str(self.staging), tag=tag, client_state=client_state, save_latest=False)
         torch.save(capture_rng(), self.staging / tag / f"rng_rank{rank:05d}.pt")
+        weights = full_weights(engine)
         dist.barrier()
         if rank == 0:
+            from safetensors.torch import save_file
+
+            save_file(weights, str(self.staging / tag / WEIGHTS))
+            write_manifest(self.staging / tag, step=step, world_size=dist.get_world_size(), **self.meta)
             target = self.root / tag
             if target.exists():  # re-saving a step (e.g. after a resume): replace it
                 shutil.rmtree(target)
@@ -101,22 +227,51 @@ class CheckpointManager:
         return self.root / tag
 
     def load(self, engine, tag: str) -> dict:
-        """Collective. Restores engine (model, optimizer, scheduler) and RNG; returns client state."""
+        """Collective. Restores engine (model, optimizer, scheduler) and RNG through the
+        restricted unpickler; returns client state."""
+        if not isinstance(engine.checkpoint_engine, WeightsOnlyCheckpointEngine):
+            engine.checkpoint_engine = WeightsOnlyCheckpointEngine(engine._config)
         path, client_state = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
                                                     load_lr_scheduler_states=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {self.root / tag}")
-        rng_file = self.root / tag / f"rng_rank{dist.get_rank():05d}.pt"
-        restore_rng(torch.load(rng_file, weights_only=True))
+        restore_rng(safe_load(self.root / tag / f"rng_rank{dist.get_rank():05d}.pt"))
         return client_state
 
+    # ---- retention -------------------------------------------------------------------
+    def pin(self, tag: str) -> None:
+        """Never prune `tag` (rank 0): the newest checkpoint written before a non-finite step."""
+        if tag not in self.pinned():
+            _atomic_write(self.root / PINNED, "\n".join([*self.pinned(), tag]))
+
+    def pinned(self) -> list[str]:
+        path = self.root / PINNED
+        return path.read_text().split() if path.is_file() else []
+
     def _prune(self, keep_tag: str) -> None:
+        keep = {keep_tag, *self.pinned()}
         for tag in self.published()[: -self.keep]:
-            if tag != keep_tag:
+            if tag not in keep:
                 shutil.rmtree(self.root / tag, ignore_errors=True)
 
 
+def step_of(tag: str) -> int:
+    return int(tag.split("_", 1)[1])
+
+
+def full_weights(engine) -> dict[str, torch.Tensor]:
+    """Collective. The model's full weights on rank 0 (own copies: safetensors refuses shared
+    storage, e.g. tied embeddings); empty elsewhere."""
+    if engine.zero_optimization_partition_weights():  # ZeRO-3: gathered onto rank 0
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = engine.module.state_dict()
+    if dist.get_rank() != 0:
+        return {}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -15,38 +15,59 @@ class TrainerConfig(_Section):
     exit_after: int = Field(0, ge=0, description="checkpoint and stop after this many steps of this invocation "
                                                  "(to fit a job time slot; resume continues); 0: run to max_steps")
     num_processes: int = Field(1, gt=0, description="data-parallel processes on this machine (local launcher)")
-    lr: float = Field(3e-4, gt=0, le=1.0)
+    lr: float = Field(3e-4, gt=0, le=1.0, description="peak learning rate (AdamW)")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr / peak lr for the cosine schedule")
-    weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW (beta1, beta2)")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
     micro_batch_size: int = Field(8, gt=0, description="sequences per process per micro-step")
-    grad_accum_steps: int = Field(1, gt=0)
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    grad_accum_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    schedule: Literal["cosine", "onecycle", "constant"] = Field("cosine", description="learning-rate schedule")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps (cosine and constant schedules)")
     pct_start: float = Field(0.3, gt=0, lt=1, description="rising fraction of the onecycle schedule")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm, 0 disables clipping")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="training precision (bf16: DeepSpeed bf16 mode)")
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (0: only at the end)")
     keep_checkpoints: int = Field(2, gt=0, description="published checkpoints kept on disk")
+    on_nonfinite: Literal["stop", "skip", "rollback"] = Field(
+        "stop", description="a step with a non-finite loss or gradient norm: stop (no checkpoint after it), skip "
+                            "(count it and go on while the weights are finite) or rollback (reload the last good "
+                            "checkpoint, skip the step's batches)")
     eval_every: int = Field(0, ge=0, description="steps between evaluations (0: only at the end)")
-    eval_batches: int = Field(8, gt=0, description="validation micro-batches per process and evaluation")
-    log_every: int = Field(10, gt=0)
-    seed: int = Field(1234, ge=0)
-    run_dir: str = Field("runs/default", min_length=1)
+    eval_batches: int = Field(0, ge=0, description="cap on validation micro-batches per process and evaluation "
+                                                   "(0: the whole validation split, every token once)")
+    log_every: int = Field(10, gt=0, description="steps between progress lines and throughput metrics")
+    seed: int = Field(1234, ge=0, description="seed of the weights, the data order and dropout")
+    run_dir: str = Field("runs/default", min_length=1, description="run directory: config.yaml, metrics.jsonl, "
+                                                                    "checkpoints/, the MLflow store")
+    activation_checkpointing: Literal["none", "layers", "every_k"] = Field(
+        "none", description="recompute blocks in backward (torch.utils.checkpoint, non-reentrant): every block "
+                            "(layers) or every k-th (every_k, k = activation_checkpointing_every)")
+    activation_checkpointing_every: int = Field(2, gt=0, description="k of activation_checkpointing: every_k")
+    compile: bool = Field(False, description="torch.compile each block of the model (the whole model if it has no "
+                                             "block list)")
+    peak_tflops: Optional[float] = Field(None, gt=0, description="dense peak TFLOP/s of one device for train/mfu; "
+                                                                 "default: the table in trainer/mfu.py (CUDA only)")
+    init_weights: Optional[str] = Field(
+        None, description="safetensors file of initial model weights for a new run (set by `train --init-from`); "
+                          "ignored when resuming")
+    preemption_grace_s: float = Field(
+        60.0, ge=0, description="seconds a SIGINT/SIGTERM leaves the run to finish its step and checkpoint "
+                                "before it is ended at once (0: no limit)")
 
 
 class DeepSpeedConfig(_Section):
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO partitioning: 1 optimizer states, 2 + gradients, "
+                                                          "3 + parameters; 0 off")
     offload_optimizer: bool = Field(False, description="ZeRO-Offload of optimizer states to CPU (DeepSpeed CPU Adam)")
-    reduce_bucket_size: int = Field(50_000_000, gt=0)
+    reduce_bucket_size: int = Field(50_000_000, gt=0, description="elements per gradient reduction bucket")
 
 
 class TrackingConfig(_Section):
-    enabled: bool = True
+    enabled: bool = Field(True, description="log to MLflow (metrics.jsonl is always written)")
     uri: Optional[str] = Field(None, description="MLflow tracking URI; default: sqlite store in the run directory")
-    experiment: str = Field("neurograph", min_length=1)
-    run_name: Optional[str] = None
+    experiment: str = Field("neurograph", min_length=1, description="MLflow experiment name")
+    run_name: Optional[str] = Field(None, description="MLflow run name; None: MLflow picks one")
     checkpoint_artifacts_every: int = Field(
         0, ge=0, description="log every k-th checkpoint (and the last of each invocation) as MLflow artifacts "
                              "`checkpoints/<tag>`, so `--resume-from mlflow:RUN_ID` can continue the run; 0: off")

@@ -4,7 +4,8 @@ Metrics go to a local buffer and are sent in batches; when the server does not a
 warning is logged, the batch stays buffered (and is spilled to `<run_dir>/mlflow_pending.jsonl`,
 so that a process killed during an outage loses nothing either) and is retried later.
 `finish()` waits a while for the server and reports how many points were dropped if it never
-came back.
+came back. Creating the run goes through the same retry: a run started while the server is down
+trains on and is created (with its buffered metrics) when the server answers.
 
 One training run is one MLflow run, whatever happens to the processes:
 - the run id is part of every checkpoint, so a resumed run (`--resume`, a Ray Train restart,
@@ -34,6 +35,7 @@ _MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 LAUNCH_TAG = "neurograph.launch_id"
 LATEST_CHECKPOINT_TAG = "neurograph.latest_checkpoint"
 PENDING_FILE = "mlflow_pending.jsonl"
+RUN_ID_FILE = "mlflow_run_id"  # in the run directory, written once the run exists on the server
 _PROGRESS_METRIC = "train/loss"  # logged at every step: its history says which steps the server has
 
 
@@ -77,22 +79,22 @@ class MLflowTracker:
         self._next_sample = 0.0
         self._failed_checkpoint: Optional[tuple[Path, str]] = None
         self._spill_path = self.run_dir / PENDING_FILE
+        self._to_create: Optional[tuple] = None  # (run_name, params, config_file, launch_id) until created
 
     # ---- run -------------------------------------------------------------------------
     def start(self, run_id: Optional[str], run_name: Optional[str], params: dict,
               config_file: Optional[Path] = None, launch_id: Optional[str] = None,
-              resume_step: Optional[int] = None) -> str:
-        """Create a run (logging params and the resolved config file) or continue `run_id`
-        (or the run tagged with `launch_id`); returns the run id. `resume_step`: the step the
-        training resumes from (spilled points after it are recomputed, so dropped)."""
-        if run_id is None and launch_id is not None:
-            run_id = self._find_launch(launch_id)
-            if run_id is not None:
-                log.info("continuing MLflow run %s of launch %s", run_id, launch_id)
+              resume_step: Optional[int] = None) -> Optional[str]:
+        """Create a run (logging params and the resolved config file) or continue `run_id`;
+        returns the run id. A new run (or the run tagged with `launch_id`, continued if it
+        exists) is created when the server answers: until then its id is None and metrics are
+        buffered. `resume_step`: the step the training resumes from (spilled points after it
+        are recomputed, so dropped)."""
         if run_id is not None:
             self.run_id = run_id
             self._skip_through = None
             self._restore_spilled(resume_step)
+            self._record_run_id()
             try:
                 self.client.update_run(run_id, status="RUNNING")
                 self._learn_logged_steps()
@@ -100,6 +102,25 @@ class MLflowTracker:
                 self._unreachable(err)
             return run_id
         self._spill_path.unlink(missing_ok=True)
+        self._to_create = (run_name, params, config_file, launch_id)
+        try:
+            self._create()
+        except Exception as err:  # the server is down: training goes on, the run is created later
+            log.warning("could not create the MLflow run at %s (%s): training goes on, the run is created "
+                        "when the server answers", self.uri, type(err).__name__)
+            self._unreachable(err)
+        return self.run_id
+
+    def _create(self) -> None:
+        """Create the pending run (or find the one of its launch); raises while the server is down."""
+        run_name, params, config_file, launch_id = self._to_create
+        found = self._find_launch(launch_id) if launch_id is not None else None
+        if found is not None:
+            log.info("continuing MLflow run %s of launch %s", found, launch_id)
+            self.client.update_run(found, status="RUNNING")
+            self.run_id, self._skip_through, self._to_create = found, None, None
+            self._record_run_id()
+            return
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is None:
             artifacts = (self.run_dir / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite") else None
@@ -107,17 +128,19 @@ class MLflowTracker:
         else:
             exp_id = exp.experiment_id
         tags = {LAUNCH_TAG: launch_id} if launch_id else None
-        run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
-        self.run_id = run.info.run_id
+        run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
         if config_file is not None:
-            self.client.log_artifact(self.run_id, str(config_file))
-        self._skip_through = -1
-        return self.run_id
+            self.client.log_artifact(run_id, str(config_file))
+        self.run_id, self._to_create = run_id, None
+        self._record_run_id()
+
+    def _record_run_id(self) -> None:
+        (self.run_dir / RUN_ID_FILE).write_text(self.run_id)
 
     def _find_launch(self, launch_id: str) -> Optional[str]:
         exp = self.client.get_experiment_by_name(self.experiment)
@@ -161,11 +184,13 @@ class MLflowTracker:
 
     def flush(self, force: bool = False) -> bool:
         """Send buffered metrics; False when some remain buffered."""
-        if not self._pending and self._skip_through is not None:
+        if not self._pending and self._skip_through is not None and self._to_create is None:
             return True
         if not force and time.monotonic() < self._next_try:
             return False
         try:
+            if self._to_create is not None:
+                self._create()
             if self._skip_through is None:
                 self._learn_logged_steps()
             while self._pending:
@@ -256,24 +281,30 @@ class MLflowTracker:
 
 def download_checkpoint(uri: str, run_id: str, checkpoints_root: str | Path) -> str:
     """Fetch the newest checkpoint logged to MLflow run `run_id` into `checkpoints_root/<tag>`
-    (staged, then published atomically with `latest`); returns the tag."""
+    (staged, verified, then published atomically with `latest`); returns the tag."""
     configure_mlflow_http(uri)
     import mlflow.artifacts
     from mlflow.tracking import MlflowClient
 
-    from .checkpoint import LATEST
+    from .checkpoint import LATEST, check_checkpoint, is_tag
 
     client = MlflowClient(tracking_uri=uri)
     tag = client.get_run(run_id).data.tags.get(LATEST_CHECKPOINT_TAG)
     if tag is None:
         raise FileNotFoundError(f"MLflow run {run_id} at {uri} has no logged checkpoint "
                                 "(tracking.checkpoint_artifacts_every was 0?)")
+    if not is_tag(tag):  # it names a directory here: never trust what the server says
+        raise ValueError(f"MLflow run {run_id} names its checkpoint {tag[:100]!r}, which is not a tag (step_N)")
     root = Path(checkpoints_root)
     staging = root / ".staging" / f"mlflow_{tag}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"checkpoints/{tag}",
                                                 dst_path=str(staging), tracking_uri=uri)
+    problem = check_checkpoint(Path(local))
+    if problem is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ValueError(f"checkpoint {tag} of MLflow run {run_id} is not usable: {problem}")
     target = root / tag
     if target.exists():
         shutil.rmtree(target)

@@ -53,7 +53,7 @@ def _rank_main(rank: int, size: int, port: int, dirs: dict, out: str) -> None:
 def test_exactly_once_and_world_size_invariant_over_the_matrix(tmp_path):
     dirs = {n: str(numbered_dataset(tmp_path / f"s{n}", counts)) for n, counts in SHARDS.items()}
     out = tmp_path / "streams.json"
-    mp.spawn(_rank_main, args=(3, _free_port(), dirs, str(out)), nprocs=3, join=True)
+    mp.start_processes(_rank_main, args=(3, _free_port(), dirs, str(out)), nprocs=3, join=True, start_method="fork")
     streams = json.loads(out.read_text())
     assert len(streams) == len(COMBOS)
     for shards, counts in SHARDS.items():

@@ -48,3 +48,25 @@ def test_replace_ffn_in_an_existing_model_keeps_attention():
     assert torch.equal(hf.transformer.h[0].attn.c_attn.weight, attn_before)
     out = hf(input_ids=torch.randint(0, 40, (2, 10))).logits
     assert out.shape == (2, 10, 40) and torch.isfinite(out).all()
+
+
+def test_inl_feedforward_equals_card_equations():
+    """The HF drop-in (context h = u) against the card's integrator re-stated in the tests."""
+    from .inl_reference import card_integrator
+
+    torch.manual_seed(0)
+    model = build_model(dict(arch="hf_inl", base="llama", vocab_size=50, d_model=32, n_layer=2, n_head=4,
+                             max_seq_len=32, num_iterations=3, hierarchical_equilibrium=True, group_size=8)).double()
+    with torch.no_grad():
+        for name, prm in model.named_parameters():
+            if "integrator" in name or "controller" in name:
+                prm.add_(0.3 * torch.randn_like(prm))
+    ffns = [m for m in model.modules() if isinstance(m, INLFeedForward)]
+    u = torch.randn(2, 5, 32, dtype=torch.float64)
+    for layer, ffn in enumerate(ffns):
+        it = ffn.integrator
+        offsets = torch.cat([it.mu_group, -it.mu_group.sum(0, keepdim=True)])
+        mu = (it.mu_global + offsets[:, None]).expand(4, 8).reshape(32)
+        ref = card_integrator(model.controller, mu, u.reshape(10, 32), u.reshape(10, 32), 3, 0.1, layer)
+        with torch.no_grad():
+            torch.testing.assert_close(ffn(u), ref.view(2, 5, 32), rtol=1e-9, atol=1e-9)

@@ -203,3 +203,58 @@ def test_training_leaves_neurons_distinct_only_with_symmetry_breaking(breaking, 
         assert spread > min_spread, spread
     else:
         assert spread < 1e-6, spread
+
+
+def _authors_model_with_our_weights(model):
+    """bench/inn.py's re-statement of the authors' model (plain sequential scan), loaded with the
+    weights of a symmetric, dense-routing INN."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "inn.py"
+    spec = importlib.util.spec_from_file_location("bench_inn", path)
+    bench = sys.modules.get("bench_inn") or importlib.util.module_from_spec(spec)
+    if "bench_inn" not in sys.modules:
+        sys.modules["bench_inn"] = bench
+        spec.loader.exec_module(bench)
+    c = model.cfg
+    ref = bench.AuthorsINN(c.n_neurons, c.d_model, c.n_layer, c.n_head, 0.0, c.d_state, c.vocab_size,
+                           scan=bench.running_state_scan).double()
+    state = {"embed.weight": model.embed.weight, "ln_f.weight": model.ln_f.weight, "ln_f.bias": model.ln_f.bias}
+    for i, layer in enumerate(model.layers):
+        mem, router = layer.memory, layer.router
+        state.update({
+            f"ln1.{i}.weight": layer.ln_mem.weight, f"ln1.{i}.bias": layer.ln_mem.bias,
+            f"ln2.{i}.weight": layer.ln_route.weight, f"ln2.{i}.bias": layer.ln_route.bias,
+            f"mamba.{i}.in_proj.weight": mem.in_proj.weight, f"mamba.{i}.conv.weight": mem.conv_weight[:, None, :],
+            f"mamba.{i}.conv.bias": mem.conv_bias, f"mamba.{i}.x_proj.weight": mem.x_proj.weight,
+            f"mamba.{i}.dt_proj.weight": mem.dt_proj.weight, f"mamba.{i}.dt_proj.bias": mem.dt_proj.bias,
+            f"mamba.{i}.A_log": mem.A_log, f"mamba.{i}.D": mem.D, f"mamba.{i}.out_proj.weight": mem.out_proj.weight,
+            f"attn.{i}.in_proj_weight": router.qkv.weight, f"attn.{i}.in_proj_bias": router.qkv.bias,
+            f"attn.{i}.out_proj.weight": router.out.weight, f"attn.{i}.out_proj.bias": router.out.bias,
+        })
+    ref.load_state_dict(state)
+    return ref.eval()
+
+
+def test_symmetric_dense_inn_equals_the_authors_model():
+    """With identical neurons and dense routing the model is the authors' (re-stated in
+    bench/inn.py with nn.MultiheadAttention and a plain loop over time): same logits (float64)."""
+    model = small_inn(neuron_identity="none").double()
+    with torch.no_grad():
+        for layer in model.layers:  # make every term count: non-trivial router biases and norms
+            for prm in (layer.router.qkv.bias, layer.router.out.bias, layer.ln_route.bias, layer.ln_mem.bias):
+                prm.normal_(0, 0.1)
+    ids = torch.randint(0, 27, (2, 13))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), _authors_model_with_our_weights(model)(ids), rtol=1e-9, atol=1e-9)
+
+
+def test_head_is_the_tied_projection_of_the_mean_over_distinct_neurons():
+    model = small_inn(neuron_identity="embedding")
+    ids = torch.randint(0, 27, (2, 9))
+    with torch.no_grad():
+        h = model.neuron_states(ids)  # [B, N, T, D]
+        assert (h - h[:, :1]).abs().amax().item() > 1e-3  # the neurons really differ
+        torch.testing.assert_close(model(ids), model.ln_f(h.mean(1)) @ model.embed.weight.T, rtol=1e-6, atol=1e-6)

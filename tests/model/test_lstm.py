@@ -29,3 +29,24 @@ def test_lstm_causal_and_decoding_equals_forward():
     greedy = m.generate(x[:, :4], 5)
     assert torch.equal(greedy, m.generate(x[:, :4], 5, use_cache=False))
     assert m.generate(x[:, :4], 5, temperature=0.8, top_k=5, do_sample=True).shape == (3, 9)
+
+
+def test_lstm_forward_equals_the_lstm_equations():
+    """Two layers of i, f, g, o gates (PyTorch's weight order) written out, tied head (float64)."""
+    torch.manual_seed(0)
+    m = build_model(dict(arch="lstm", vocab_size=27, d_model=12, n_layer=2)).double().eval()
+    ids = torch.randint(0, 27, (2, 7))
+    x = m.embed.weight[ids]  # [B, T, D]
+    for layer in range(2):
+        w_ih, w_hh = getattr(m.lstm, f"weight_ih_l{layer}"), getattr(m.lstm, f"weight_hh_l{layer}")
+        bias = getattr(m.lstm, f"bias_ih_l{layer}") + getattr(m.lstm, f"bias_hh_l{layer}")
+        h = c = torch.zeros(2, 12, dtype=torch.float64)
+        outs = []
+        for t in range(7):
+            i, f, g, o = (x[:, t] @ w_ih.T + h @ w_hh.T + bias).chunk(4, -1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outs.append(h)
+        x = torch.stack(outs, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids), x @ m.embed.weight.T, rtol=1e-10, atol=1e-10)

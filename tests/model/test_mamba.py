@@ -91,3 +91,25 @@ def test_stack_parameter_count_is_matched_to_inn():
     n = sum(p.numel() for p in m.parameters())
     assert abs(n - 4.2e6) / 4.2e6 < 0.05, n
     assert m.flops_per_token(256) > 6 * (n - 27 * m.cfg.d_model)  # >= 3 x 2 FLOPs per matmul weight
+
+
+@pytest.mark.parametrize("impl", ["sequential", "chunked", pytest.param("cpp", marks=pytest.mark.slow)])
+def test_block_forward_equals_mamba_simple(impl):
+    """The block against mamba-ssm's Mamba forward re-stated in tests/kernels/scan_reference.py (float64)."""
+    from tests.kernels.scan_reference import mamba_simple_forward
+
+    torch.manual_seed(0)
+    blk = MambaBlock(12, d_state=5, scan_impl=impl, chunk_size=4).double()
+    x = torch.randn(2, 9, 12, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(blk(x), mamba_simple_forward(blk, x), rtol=1e-10, atol=1e-10)
+
+
+def test_stack_forward_is_pre_norm_residual_blocks_with_tied_head():
+    m = _small_stack()
+    ids = torch.randint(0, 27, (2, 10))
+    x = m.embed.weight[ids]
+    for norm, blk in zip(m.norms, m.blocks):
+        x = x + blk(norm(x))
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids), m.ln_f(x) @ m.embed.weight.T, rtol=1e-6, atol=1e-6)

@@ -50,6 +50,27 @@ def test_summary_cli_counts_the_1_1b_inl_on_the_meta_device():
                            str(Path(__file__).parents[2] / "configs" / "inl_1.1b.yaml"), "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
-    assert summary["total"] == 995_438_883
+    assert summary["total"] == 995_395_683
     assert sum(summary["components"].values()) == summary["total"]
     assert summary["components"]["blocks.*.ffn"] == 597_412_800
+
+
+def test_forward_equals_gpt_equations():
+    """Learned positions, pre-norm blocks, causal softmax attention written out with an explicit
+    mask, GELU MLP, tied head: re-stated here from the module's weights (float64)."""
+    torch.manual_seed(0)
+    m = build_model(SMALL).double().eval()
+    ids = torch.randint(0, 31, (2, 11))
+    b, t, d, h = 2, 11, 64, 4
+    ln = lambda x, mod: torch.nn.functional.layer_norm(x, (d,), mod.weight, mod.bias)  # noqa: E731
+    x = m.embed.weight[ids] + m.positions.table.weight[:t]
+    mask = torch.ones(t, t, dtype=torch.bool).tril()
+    for blk in m.blocks:
+        q, k, v = (ln(x, blk.ln_attn) @ blk.attn.qkv.weight.T).split(d, -1)
+        q, k, v = (y.view(b, t, h, d // h).permute(0, 2, 1, 3) for y in (q, k, v))
+        scores = (q @ k.transpose(-1, -2) / (d // h) ** 0.5).masked_fill(~mask, float("-inf"))
+        att = (scores.softmax(-1) @ v).permute(0, 2, 1, 3).reshape(b, t, d)
+        x = x + att @ blk.attn.proj.weight.T
+        x = x + torch.nn.functional.gelu(ln(x, blk.ln_mlp) @ blk.mlp.fc.weight.T) @ blk.mlp.proj.weight.T
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids), ln(x, m.ln_f) @ m.embed.weight.T, rtol=1e-10, atol=1e-10)

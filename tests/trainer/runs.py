@@ -20,6 +20,19 @@ STEPS = 12
 
 def train(tmp_path: Path, data_dir: Path, name: str, *overrides: str, resume: bool = False,
           model: Optional[dict] = None) -> list[dict]:
+    cmd = train_command(tmp_path, data_dir, name, *overrides, resume=resume, model=model)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return read_metrics(tmp_path / name)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_command(tmp_path: Path, data_dir: Path, name: str, *overrides: str, resume: bool = False,
+                  model: Optional[dict] = None) -> list[str]:
+    """`neurograph train` of the test config (run directory `tmp_path/name`)."""
     run_dir = tmp_path / name
     cfg = {
         "model": model or TINY_TRANSFORMER,
@@ -33,9 +46,7 @@ def train(tmp_path: Path, data_dir: Path, name: str, *overrides: str, resume: bo
     cmd = [sys.executable, "-m", "launch.cli", "train", "--config", str(config_file), *overrides]
     if resume:
         cmd.append("--resume")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return cmd
 
 
 def losses(records: list[dict]) -> list[float]:

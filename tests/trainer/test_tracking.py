@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from trainer.checkpoint import CheckpointManager
+from trainer.checkpoint import CheckpointManager, safe_load, write_manifest
 from trainer.tracking import LATEST_CHECKPOINT_TAG, PENDING_FILE, MLflowTracker, default_tracking_uri, download_checkpoint
 
 
@@ -138,8 +139,9 @@ def test_checkpoint_artifacts_round_trip(tmp_path, monkeypatch):
     for step in (4, 8):
         ckpt = run_dir / "checkpoints" / f"step_{step:08d}"
         (ckpt / "nested").mkdir(parents=True)
-        (ckpt / "nested" / "shard.pt").write_text(f"weights {step}")
-        (ckpt / "rng_rank00000.pt").write_text("rng")
+        torch.save({"w": torch.full((2,), step)}, ckpt / "nested" / "shard.pt")
+        torch.save({"rng": torch.zeros(1)}, ckpt / "rng_rank00000.pt")
+        write_manifest(ckpt, step=step)
         assert tracker.log_checkpoint(ckpt, ckpt.name)
     # a failed upload does not move the latest tag
     outage = Outage(tracker, monkeypatch)
@@ -152,7 +154,7 @@ def test_checkpoint_artifacts_round_trip(tmp_path, monkeypatch):
     assert download_checkpoint(uri, run_id, elsewhere) == "step_00000008"
     manager = CheckpointManager(elsewhere)
     assert manager.latest_tag() == "step_00000008"
-    assert (elsewhere / "step_00000008" / "nested" / "shard.pt").read_text() == "weights 8"
+    assert safe_load(elsewhere / "step_00000008" / "nested" / "shard.pt")["w"].tolist() == [8, 8]
     assert not any((elsewhere / ".staging").iterdir())
 
 

@@ -1,0 +1,213 @@
+"""Kernel benchmarks (GPU), one table per run.
+
+1. Per op (selective scan, integrator iterations, dense and top-k neuron attention): forward +
+   backward time of the eager PyTorch reference, `torch.compile` of that reference, the Triton
+   kernel, and mamba-ssm's CUDA scan where it installs; each op's FLOP and byte counts and the
+   achieved fraction of the device's peak memory bandwidth and fp32 FLOP/s. Goals: Triton >= 1.5x
+   the compiled reference; >= 60% of peak bandwidth for the elementwise-bound ops (scan, integrator).
+2. One training step (forward, backward, AdamW) of the paper INN (configs/inn_text8.yaml, dropout
+   0: the attention kernels have none) and of INL at the tiny and the 1.1B width (2 layers), with
+   the kernels (impl triton) and without (the PyTorch paths). Goal: INN step >= 3x with kernels.
+
+Without a CUDA device every row prints "not run". `--smoke` checks the script itself instead: tiny
+sizes on CPU, Triton through its interpreter, no torch.compile, one repeat (times meaningless).
+
+Usage: .venv/bin/python bench/kernels.py [--smoke] [--repeats N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+if "--smoke" in sys.argv:  # must precede any import of triton (see kernels/triton_runtime.py)
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kernels.integrator import integrator_iterations_reference  # noqa: E402
+from kernels.neuron_attention import neuron_attention_reference, topk_attention_reference  # noqa: E402
+from kernels.selective_scan import selective_scan, selective_scan_flops, selective_scan_ref  # noqa: E402
+from model.inl import INLConfig, INLModel  # noqa: E402
+from model.inn import INN, INNConfig  # noqa: E402
+from trainer.mfu import table_peak_tflops  # noqa: E402
+
+PEAK_BANDWIDTH_TBS = (("H200", 4.8), ("H100 PCIe", 2.0), ("H100", 3.35), ("A100", 2.0), ("L40S", 0.864), ("L4", 0.3))
+
+
+@dataclass
+class Op:
+    """One benchmarked op: `inputs()` -> tensors (the differentiable ones require grad); each impl
+    maps them to one output tensor; FLOPs and bytes of forward + backward."""
+    name: str
+    inputs: Callable[[], tuple]
+    impls: dict[str, Callable]
+    flops: float
+    bytes: float
+
+
+def scan_op(device, small: bool) -> Op:
+    b, d, t, s = (2, 8, 16, 4) if small else (256, 512, 512, 16)  # paper INN: 8 x 32 neuron sequences
+
+    def inputs():
+        r = lambda *shape: torch.randn(*shape, device=device)  # noqa: E731
+        x = (r(b, d, t), 0.5 * r(b, d, t), -torch.rand(d, s, device=device), r(b, s, t), r(b, s, t), r(d), r(b, d, t),
+             r(d))
+        return tuple(v.requires_grad_() for v in x)
+
+    def impl(name):
+        return lambda *x: selective_scan(*x[:7], delta_bias=x[7], delta_softplus=True, impl=name)
+
+    ref = lambda *x: selective_scan_ref(*x[:7], delta_bias=x[7], delta_softplus=True)  # noqa: E731
+    impls = {"eager": impl("chunked"), "compiled": torch.compile(ref), "triton": impl("triton")}
+    if device == "cuda":
+        impls["mamba-ssm"] = impl("cuda")
+    # forward reads u, delta, z, B, C and writes y; backward reads those and dy, writes their gradients
+    elements = 3 * b * d * t + 2 * b * s * t
+    return Op("selective scan", inputs, impls, 3 * selective_scan_flops(b, t, d, s), 4 * (2 * elements + b * d * t + elements + b * d * t))
+
+
+def integrator_op(device, small: bool) -> Op:
+    n, d, r, k = (24, 40, 16, 3) if small else (8 * 1024, 1728, 64, 5)  # 1.1B width, 8 x 1024 tokens
+
+    def inputs():
+        rnd = lambda *shape, std=1.0: torch.randn(*shape, device=device) * std  # noqa: E731
+        x = (rnd(n, d), rnd(n, r, std=0.5), rnd(r, d, std=0.05), rnd(r, d, std=0.05), rnd(4 * d, r, std=0.05),
+             rnd(4 * d, std=0.5), torch.ones(4, device=device), torch.zeros(4, device=device), rnd(d, std=0.1))
+        return tuple(v.requires_grad_() for v in x)
+
+    from kernels.integrator import integrator_iterations
+
+    ref = lambda *x: integrator_iterations_reference(*x, 0.1, k)  # noqa: E731
+    impls = {"eager": ref, "compiled": torch.compile(ref), "triton": lambda *x: integrator_iterations(*x, 0.1, k, impl="triton")}
+    flops = 3 * k * (2 * n * d * r * 2 + 2 * n * r * 4 * d + 20 * n * d)  # controller matmuls + the update
+    # forward: z0, ctx in; K states z, v and pre out; backward: those in, dz0, K raw and pre gradients out
+    moved = n * (d + r) + k * n * (2 * d + r) + k * n * (2 * d + r) + n * d + k * n * (4 * d + r) + n * d
+    return Op("integrator (K iterations)", inputs, impls, flops, 4 * moved)
+
+
+def attention_op(device, small: bool, topk: Optional[int]) -> Op:
+    m, n, h, hd = (6, 5, 2, 8) if small else ((4096, 32, 4, 64) if topk is None else (1024, 256, 4, 64))
+
+    def inputs():
+        x = [torch.randn(m, n, h, hd, device=device).requires_grad_() for _ in range(3)]
+        if topk is not None:
+            x.append(torch.randint(0, n, (m, n, min(topk, n)), device=device))
+        return tuple(x)
+
+    from kernels.neuron_attention import neuron_attention, topk_neuron_attention
+
+    if topk is None:
+        ref, fast = neuron_attention_reference, lambda *x: neuron_attention(*x, impl="triton")
+        keys = n
+    else:
+        ref, fast = topk_attention_reference, lambda *x: topk_neuron_attention(*x, impl="triton")
+        keys = min(topk, n)
+    flops = 3.5 * 4 * m * h * n * keys * hd  # q.k and p.v; backward ~2.5x forward
+    name = "dense neuron attention" if topk is None else f"top-{topk} neuron attention"
+    return Op(name, inputs, {"eager": ref, "compiled": torch.compile(ref), "triton": fast}, flops, 4 * 8 * m * n * h * hd)
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_time(fn, device, repeats: int) -> float:
+    fn()  # warm up (compilation, autotuning)
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def forward_backward(impl, x):
+    out = impl(*x)
+    out.float().sum().backward()
+
+
+def op_rows(ops: list[Op], device, repeats: int, smoke: bool, peak_tbs: Optional[float], peak_tflops: Optional[float]):
+    print(f"{'op':28} {'impl':10} {'ms':>9} {'GB/s':>8} {'% bw':>6} {'TFLOP/s':>8} {'% fp32':>7}")
+    for op in ops:
+        x = op.inputs()
+        for name, impl in op.impls.items():
+            if smoke and name == "compiled":
+                print(f"{op.name:28} {name:10} {'not run (smoke)':>9}")
+                continue
+            try:
+                t = best_time(lambda: forward_backward(impl, x), device, repeats)
+            except Exception as err:  # e.g. mamba-ssm absent: the row says why
+                print(f"{op.name:28} {name:10} not run ({type(err).__name__}: {str(err)[:60]})")
+                continue
+            gbs, tflops = op.bytes / t / 1e9, op.flops / t / 1e12
+            bw = f"{100 * gbs / (peak_tbs * 1e3):5.1f}%" if peak_tbs else "   n/a"
+            fl = f"{100 * tflops / peak_tflops:6.1f}%" if peak_tflops else "    n/a"
+            print(f"{op.name:28} {name:10} {1e3 * t:9.3f} {gbs:8.1f} {bw:>6} {tflops:8.2f} {fl:>7}")
+
+
+def training_rows(device, repeats: int, smoke: bool):
+    """One AdamW step of each model, without and with the kernels."""
+    inn = dict(vocab_size=27, dropout=0.0, checkpoint_layers=False)
+    tiny = dict(vocab_size=65, d_model=128, n_layer=4, n_head=4, num_iterations=5, max_seq_len=128, controller_rank=64)
+    wide = dict(vocab_size=32000, d_model=1728, n_layer=2, n_head=32, num_iterations=5, feedforward_dim=6912,
+                max_seq_len=1024, controller_rank=64)
+    cases = [("INN paper (text8)", INNConfig(**inn), dict(scan_impl="chunked", router_impl="reference"),
+              dict(scan_impl="triton", router_impl="triton"), (16, 256)),
+             ("INL tiny", INLConfig(**tiny), dict(integrator_impl="reference"), dict(integrator_impl="triton"), (16, 128)),
+             ("INL 1.1B width, 2 layers", INLConfig(**wide), dict(integrator_impl="reference"),
+              dict(integrator_impl="triton"), (4, 1024))]
+    if smoke:
+        cases = [(name, cfg.model_copy(update=dict(n_layer=1, d_model=32, n_head=2, **({"n_neurons": 4} if cfg.arch == "inn"
+                                                                                          else {"feedforward_dim": 0}))),
+                  off, on, (1, 8)) for name, cfg, off, on, _ in cases]
+    print(f"\n{'training step':28} {'without ms':>11} {'with ms':>9} {'speed-up':>9}")
+    for name, cfg, off, on, shape in cases:
+        times = []
+        for switches in (off, on):
+            torch.manual_seed(0)
+            model = (INN if cfg.arch == "inn" else INLModel)(cfg.model_copy(update=switches)).to(device)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            ids = torch.randint(0, cfg.vocab_size, shape, device=device)
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                    logits = model(ids)
+                torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids.flatten()).backward()
+                opt.step()
+
+            times.append(best_time(step, device, repeats))
+        print(f"{name:28} {1e3 * times[0]:11.2f} {1e3 * times[1]:9.2f} {times[0] / times[1]:8.2f}x")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes on CPU through Triton's interpreter, to check the script")
+    ap.add_argument("--repeats", type=int, default=10, help="timed repeats per row (best is reported)")
+    args = ap.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    if device == "cpu" and not args.smoke:
+        print("no CUDA device: every row not run (see BENCHMARKS.md); --smoke checks the script on CPU")
+        return
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke: times meaningless)"
+    peak_tbs = next((bw for key, bw in PEAK_BANDWIDTH_TBS if key.lower() in name.lower()), None)
+    print(f"device: {name}; peak {peak_tbs} TB/s, {table_peak_tflops(name, 'fp32')} fp32 TFLOP/s")
+    repeats = 1 if args.smoke else args.repeats
+    ops = [scan_op(device, args.smoke), integrator_op(device, args.smoke), attention_op(device, args.smoke, None),
+           attention_op(device, args.smoke, 8)]
+    op_rows(ops, device, repeats, args.smoke, peak_tbs, table_peak_tflops(name, "fp32"))
+    training_rows(device, repeats, args.smoke)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Attention across the neuron axis (the INN routers' hot path): references and one dispatch.
+
+For M = B x T independent problems of N neurons, H heads of width hd (q, k, v [M, N, H, hd]):
+- dense: y_i = sum_j softmax_j(q_i . k_j / sqrt(hd)) v_j over all N neurons (hierarchical
+  routing calls it on groups: M x N/G problems of G neurons);
+- top-k: the same over each neuron's k picked neurons idx [M, N, k] only.
+
+impl "reference" is PyTorch (scaled_dot_product_attention; for top-k a gather of the picked
+keys/values, [M, N, k, H, hd]); "triton" the fused kernels of kernels/neuron_attention_triton.py
+(CUDA, or CPU under TRITON_INTERPRET=1), which read the picks through their indices; "auto"
+takes Triton on CUDA when it is installed, no attention dropout applies (the kernels have
+none) and, for dense, N <= MAX_DENSE_NEURONS; the reference otherwise.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION_IMPLS = ("auto", "reference", "triton")
+MAX_DENSE_NEURONS = 256  # the dense Triton kernel holds all N keys of a problem in one tile
+
+
+def neuron_attention_reference(q, k, v, dropout: float = 0.0) -> torch.Tensor:
+    """q, k, v [M, N, H, hd] -> [M, N, H, hd], dense over the N neurons."""
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout)
+    return y.transpose(1, 2)
+
+
+def topk_attention_reference(q, k, v, idx, dropout: float = 0.0) -> torch.Tensor:
+    """q, k, v [M, N, H, hd], idx [M, N, k] -> [M, N, H, hd], over each neuron's picked neurons."""
+    rows = torch.arange(q.shape[0], device=q.device)[:, None, None]
+    k_sel, v_sel = k[rows, idx], v[rows, idx]  # [M, N, k, H, hd]
+    logits = (q[:, :, None] * k_sel).sum(-1) / math.sqrt(q.shape[-1])  # [M, N, k, H]
+    w = F.dropout(torch.softmax(logits, dim=2), dropout, dropout > 0)
+    return (w[..., None] * v_sel).sum(2)
+
+
+def _use_triton(impl: str, x: torch.Tensor, dropout: float, max_neurons: Optional[int] = None) -> bool:
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown neuron attention impl {impl!r}; choose from {ATTENTION_IMPLS}")
+    if impl == "auto":
+        fits = max_neurons is None or x.shape[1] <= max_neurons
+        return x.is_cuda and dropout == 0.0 and fits and importlib.util.find_spec("triton") is not None
+    if impl == "triton" and dropout > 0.0:
+        raise ValueError("impl 'triton' neuron attention has no attention dropout; set dropout 0 or impl 'reference'")
+    return impl == "triton"
+
+
+def neuron_attention(q, k, v, impl: str = "auto", dropout: float = 0.0) -> torch.Tensor:
+    """Dense neuron attention (see the module docstring); `dropout` on the attention weights."""
+    if _use_triton(impl, q, dropout, MAX_DENSE_NEURONS):
+        from .neuron_attention_triton import TritonNeuronAttention
+
+        return TritonNeuronAttention.apply(q, k, v)
+    return neuron_attention_reference(q, k, v, dropout)
+
+
+def topk_neuron_attention(q, k, v, idx, impl: str = "auto", dropout: float = 0.0) -> torch.Tensor:
+    """Top-k neuron attention (see the module docstring); `dropout` on the attention weights."""
+    if _use_triton(impl, q, dropout):
+        from .neuron_attention_triton import TritonTopKAttention
+
+        return TritonTopKAttention.apply(q, k, v, idx)
+    return topk_attention_reference(q, k, v, idx, dropout)

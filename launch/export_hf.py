@@ -1,0 +1,276 @@
+"""`neurograph export hf`: a trained run as a self-contained Hugging Face folder.
+
+The folder holds config.json (with `auto_map`), the wrapper files of model/hf/, copies of the
+model family and kernel modules they import (imports rewritten for transformers' dynamic-module
+loader, which loads sibling files through relative imports; pydantic and the registry replaced by
+model/hf/standalone_registry.py), safetensors weights (sharded with an index above
+`max_shard_size`), generation_config.json and the tokenizer. It loads with
+`AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)` where only torch,
+transformers and safetensors are installed.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+from typing import Optional
+
+from .config import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES = ("model/hf/configuration_neurograph.py", "model/hf/modeling_neurograph.py")
+STANDALONE_REGISTRY = "model/hf/standalone_registry.py"
+# What the shipped files may import unconditionally: the standard library and these.
+ALLOWED_PACKAGES = frozenset({"torch", "transformers", "safetensors", "numpy"}) | frozenset(sys.stdlib_module_names)
+PYDANTIC_NAMES = frozenset({"Field", "model_validator"})  # what standalone_registry.py provides
+_FROM_IMPORT = re.compile(r"^(\s*)from\s+(\S+)\s+import\s+(.*)$", re.MULTILINE)
+_PLAIN_IMPORT = re.compile(r"^\s*import\s+(model|kernels)\b", re.MULTILINE)
+
+
+def _source_of(module: str, importer: Path) -> Optional[Path]:
+    """Repository file of an import seen in `importer` (None: a third-party or stdlib module)."""
+    if module.startswith("."):
+        level = len(module) - len(module.lstrip("."))
+        package = importer.parent.parents[level - 2] if level > 1 else importer.parent
+        name = module.lstrip(".")
+    elif module.split(".")[0] in ("model", "kernels"):
+        package, name = REPO / module.split(".")[0], ".".join(module.split(".")[1:])
+    else:
+        return None
+    if not name or "." in name:
+        raise ConfigError(f"{importer.relative_to(REPO)}: `from {module} import` cannot be shipped "
+                          "(use `from .module import name` of a sibling file)")
+    return package / f"{name}.py"
+
+
+def _rewrite(path: Path, text: str, pending: list[Path]) -> str:
+    """The file's text with project imports made sibling-relative; queues the files they name."""
+
+    def replace(match: re.Match) -> str:
+        indent, module, names = match.groups()
+        if module == "pydantic":
+            wanted = {n.strip() for n in names.split(",")}
+            if not wanted <= PYDANTIC_NAMES:
+                raise ConfigError(f"{path.relative_to(REPO)} imports {sorted(wanted - PYDANTIC_NAMES)} from pydantic, "
+                                  f"which {STANDALONE_REGISTRY} does not provide")
+            return f"{indent}from .registry import {names}"
+        source = _source_of(module, path)
+        if source is None:
+            return match.group(0)
+        pending.append(source)
+        return f"{indent}from .{source.stem} import {names}"
+
+    if _PLAIN_IMPORT.search(text):
+        raise ConfigError(f"{path.relative_to(REPO)}: `import model...`/`import kernels...` cannot be shipped")
+    return _FROM_IMPORT.sub(replace, text)
+
+
+def write_model_sources(out: Path) -> list[str]:
+    """Copy the wrapper templates and every project module they import (transitively) into
+    `out`, flat; returns the file names written."""
+    pending = [REPO / t for t in TEMPLATES]
+    written: dict[str, Path] = {}
+    while pending:
+        path = pending.pop()
+        name = path.name
+        if name in written:
+            if written[name] != path:
+                raise ConfigError(f"{path.relative_to(REPO)} and {written[name].relative_to(REPO)} would both be "
+                                  f"shipped as {name}")
+            continue
+        written[name] = path
+        if path == REPO / "model" / "registry.py":
+            (out / name).write_text((REPO / STANDALONE_REGISTRY).read_text())
+            continue
+        (out / name).write_text(_rewrite(path, path.read_text(), pending))
+    _check_self_contained(out, sorted(written))
+    return sorted(written)
+
+
+def unconditional_imports(source: str) -> set[str]:
+    """Top-level packages a module imports whenever it is imported: module and class level,
+    outside try and if blocks (those are the module's own guards), not inside functions."""
+    found: set[str] = set()
+
+    def visit(body: list) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                found.add(node.module.split(".")[0])
+            elif isinstance(node, ast.ClassDef):
+                visit(node.body)
+
+    visit(ast.parse(source).body)
+    return found
+
+
+def _check_self_contained(out: Path, names: list[str]) -> None:
+    for name in names:
+        extra = unconditional_imports((out / name).read_text()) - ALLOWED_PACKAGES
+        if extra:
+            raise ConfigError(f"{name} imports {sorted(extra)} unconditionally; an exported model may need only "
+                              f"torch, transformers, safetensors and the standard library")
+
+
+def _unreadable(path: Path) -> bool:
+    """True when a checkpoint file does not open: a safetensors file whose header or data is cut,
+    a torch file (a zip archive) that fails its checksums."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                f.keys()
+        else:
+            with zipfile.ZipFile(path) as z:
+                return z.testzip() is not None
+        return False
+    except Exception:
+        return True
+
+
+def _describe_bad_checkpoint(checkpoint_dir: Path, err: Exception) -> str:
+    """Name the unreadable file of a checkpoint that failed to load."""
+    for path in sorted([*checkpoint_dir.glob("**/*.safetensors"), *checkpoint_dir.glob("**/*.pt")]):
+        if _unreadable(path):
+            return f"checkpoint file {path} is truncated or corrupted"
+    return f"checkpoint {checkpoint_dir} could not be loaded ({type(err).__name__}: {err})"
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"--out {out} is not empty; pass --overwrite to replace its contents")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def export_hf(run_dir: str | Path, out: str | Path, checkpoint: str = "latest", dtype: str = "fp32",
+              overwrite: bool = False, chat_template: Optional[str] = None, max_shard_size: str = "5GB") -> Path:
+    """Export a run's checkpoint as a Hugging Face folder `out`; returns `out`."""
+    from data_pipeline import load_manifest
+    from trainer.checkpoint import CheckpointManager
+
+    from .config import load_config
+    from .hf_tokenizer import hf_tokenizer
+    from .inference import load_trained_model
+
+    run_dir, out = Path(run_dir), Path(out)
+    if dtype not in ("fp32", "bf16"):
+        raise ConfigError(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir / 'config.yaml'} not found: --run must be a training run directory")
+    cfg = load_config(run_dir / "config.yaml")
+    if cfg.model.arch == "hf_inl":
+        raise ConfigError("model.arch=hf_inl is a transformers GPT-2/Llama with INL integrators in place of its MLPs; "
+                          "exporting it needs that architecture's own modeling file and is not supported")
+    try:
+        tag = CheckpointManager(run_dir / "checkpoints").resolve(checkpoint)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"--checkpoint {checkpoint}: {err}") from None
+    _prepare_out(out, overwrite)
+    try:
+        model, _, cfg = load_trained_model(run_dir, tag)
+    except Exception as err:
+        raise ConfigError(_describe_bad_checkpoint(run_dir / "checkpoints" / tag, err)) from None
+
+    manifest = load_manifest(cfg.data.path)
+    tokenizer = hf_tokenizer(cfg.data.path, manifest, chat_template)
+    special_ids = {role: manifest["tokenizer"].get(f"{role}_id") for role in ("bos", "eos", "pad")}
+    save_hf_model(model, cfg.model.model_dump(), out, dtype, special_ids, max_shard_size)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def save_hf_model(model, section: dict, out: Path, dtype: str = "fp32", special_ids: Optional[dict] = None,
+                  max_shard_size: str = "5GB") -> None:
+    """Write a family model (its `model` config section given) as config, weights, generation
+    config and model code into `out`."""
+    import torch
+    from transformers import GenerationConfig
+
+    from model.hf.configuration_neurograph import NeuroGraphConfig
+    from model.hf.modeling_neurograph import NeuroGraphForCausalLM, NeuroGraphRecurrentForCausalLM
+    from model.recurrent import RecurrentGeneration
+
+    section = dict(section)
+    if section.get("scan_impl") == "cpp":  # the C++ scan is not shipped; "auto" picks what is there
+        section["scan_impl"] = "auto"
+    wrapper = NeuroGraphRecurrentForCausalLM if isinstance(model, RecurrentGeneration) else NeuroGraphForCausalLM
+    ids = {f"{role}_token_id": i for role, i in (special_ids or {}).items() if i is not None}
+    config = NeuroGraphConfig(model_section=section, max_position_embeddings=getattr(model, "context_length", None),
+                              architectures=[wrapper.__name__], **ids)
+    config.auto_map = {"AutoConfig": "configuration_neurograph.NeuroGraphConfig",
+                       "AutoModelForCausalLM": f"modeling_neurograph.{wrapper.__name__}"}
+    hf_model = wrapper(config)
+    hf_model.model.load_state_dict({**hf_model.model.state_dict(), **model.state_dict()})
+    hf_model.to(torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
+    hf_model.save_pretrained(out, max_shard_size=max_shard_size)
+    GenerationConfig(**ids).save_pretrained(out)
+    write_model_sources(out)
+
+
+def log_to_mlflow(run_dir: Path, out: Path, register: Optional[str]) -> str:
+    """Log the exported folder to the MLflow run that trained the model: as artifact `hf_model/`,
+    or with `register` as an MLflow pyfunc model `hf_pyfunc` (model/hf/mlflow_pyfunc.py, holding
+    the folder) registered as a new version of model `register`. Returns the run id."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from trainer.tracking import default_tracking_uri
+
+    from .config import load_config
+
+    id_file = run_dir / "mlflow_run_id"
+    if not id_file.is_file():
+        raise ConfigError(f"{id_file} not found: the run was trained without MLflow tracking")
+    run_id = id_file.read_text().strip()
+    mlflow.set_tracking_uri(load_config(run_dir / "config.yaml").tracking.uri or default_tracking_uri(run_dir))
+    with mlflow.start_run(run_id=run_id):
+        if not register:
+            mlflow.log_artifacts(str(out), "hf_model")
+            return run_id
+        mlflow.pyfunc.log_model(name="hf_pyfunc", python_model=str(REPO / "model" / "hf" / "mlflow_pyfunc.py"),
+                                artifacts={"hf_model": str(out)}, registered_model_name=register,
+                                pip_requirements=["torch", "transformers", "safetensors"],
+                                signature=infer_signature(["prompt"], ["text"], params={"max_new_tokens": 64}))
+    return run_id
+
+
+def cmd_export_hf(args) -> int:
+    chat_template = None
+    if args.chat_template:
+        path = Path(args.chat_template)
+        if not path.is_file():
+            raise ConfigError(f"--chat-template {path} not found")
+        chat_template = path.read_text()
+    out = export_hf(args.run, args.out, args.checkpoint, args.dtype, args.overwrite, chat_template, args.max_shard_size)
+    print(f"exported {args.run} to {out}")
+    if args.mlflow or args.register:
+        run_id = log_to_mlflow(Path(args.run), out, args.register)
+        print(f"logged to MLflow run {run_id}: " + (f"pyfunc model hf_pyfunc, a new version of model {args.register}"
+                                                     if args.register else "artifact hf_model"))
+    return 0
+
+
+def add_export_commands(sub: argparse._SubParsersAction) -> None:
+    hf = sub.add_parser("hf", help="a trained run as a Hugging Face folder (AutoModelForCausalLM, trust_remote_code)")
+    hf.add_argument("--run", required=True, help="run directory (trainer.run_dir)")
+    hf.add_argument("--checkpoint", default="latest", help="latest, a step number or a tag")
+    hf.add_argument("--out", required=True, help="folder to write; must be empty or absent unless --overwrite")
+    hf.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weight precision")
+    hf.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    hf.add_argument("--chat-template", default=None, metavar="FILE", help="Jinja chat template for the tokenizer")
+    hf.add_argument("--max-shard-size", default="5GB", help="split weights into safetensors shards of this size")
+    hf.add_argument("--mlflow", action="store_true", help="log the folder as artifact hf_model of the run's MLflow run")
+    hf.add_argument("--register", default=None, metavar="NAME",
+                    help="log it as an MLflow pyfunc model (predict: prompts -> greedy continuations) of the run's "
+                         "MLflow run and register it as a new version of model NAME")
+    hf.set_defaults(func=cmd_export_hf)

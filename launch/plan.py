@@ -1,0 +1,233 @@
+"""`neurograph plan`: will a config fit a cluster, and how long will its token budget take?
+
+    parameters                 the model built on the meta device (no memory)
+    model states per GPU       bytes per parameter as DeepSpeed's estimators count them (below)
+    activations per GPU        the tensors autograd saves in one training forward (+ loss), traced on the
+                               meta device at the config's micro-batch and sequence length (so INL's K
+                               iterations and INN's N neurons are included), with and without
+                               activation checkpointing of every block
+    largest micro-batch        that fits the GPU's memory (less `headroom`) under the config's ZeRO stage
+    time                       steps, wall-clock and GPU-hours for `tokens` at a given MFU
+    checkpoint                 DeepSpeed checkpoint on disk: 16-bit weights + fp32 master and Adam states
+
+Model states, bf16 (bytes per parameter; P parameters, G GPUs, L the largest layer's parameters):
+ZeRO-1 4 + 16/G (16-bit weights and gradients replicated; fp32 gradients, master weights, Adam m, v
+partitioned), ZeRO-2 2 + 18/G, ZeRO-3 18/G + 4 L/P (DeepSpeed's `estimate_zero2/3_model_states_mem_needs`).
+fp32: weights 4, gradients 4, Adam 8, no master copy. Attention is counted as flash attention saves
+it (q, k, v, output, log-sum-exp; no T x T scores), as on a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+GIB = 2**30
+GPU_MEMORY_GIB = {"h200": 141, "h100": 80, "h100-pcie": 80, "a100": 80, "a100-40gb": 40, "l40s": 48, "l4": 24,
+                  "a10": 24}
+# (replicated, partitioned) bytes per parameter of (weights, gradients, optimizer states) per stage
+STATE_BYTES = {
+    "bf16": {0: ((2, 0), (6, 0), (12, 0)), 1: ((2, 0), (2, 4), (0, 12)), 2: ((2, 0), (0, 6), (0, 12)),
+             3: ((0, 2), (0, 4), (0, 12))},
+    "fp32": {0: ((4, 0), (4, 0), (8, 0)), 1: ((4, 0), (4, 0), (0, 8)), 2: ((4, 0), (0, 4), (0, 8)),
+             3: ((0, 4), (0, 4), (0, 8))},
+}
+CHECKPOINT_BYTES = {"bf16": 2 + 12, "fp32": 4 + 8}  # weights + (master,) m, v
+
+
+def model_state_bytes(params: int, largest_layer: int, stage: int, precision: str, gpus: int) -> dict[str, float]:
+    """Per-GPU bytes of weights, gradients and optimizer states (+ the gathered layer under ZeRO-3)."""
+    out = {name: params * (rep + part / gpus)
+           for name, (rep, part) in zip(("params", "grads", "optimizer"), STATE_BYTES[precision][stage])}
+    if stage == 3:  # one layer's 16-bit weights and gradients gathered at a time
+        out["params"] += (4 if precision == "bf16" else 8) * largest_layer
+    return out
+
+
+@contextmanager
+def flash_attention_accounting():
+    """Make F.scaled_dot_product_attention save what flash attention saves (q, k, v, out, lse)."""
+
+    class FlashSDPA(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            out = q.new_empty(q.shape[:-1] + v.shape[-1:])
+            ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+            return out
+
+    original = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = lambda q, k, v, *args, **kwargs: FlashSDPA.apply(q, k, v)
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def traced_activation_bytes(model_cfg, micro_batch: int, seq_len: int, precision: str) -> dict[str, float]:
+    """Saved-for-backward bytes of one training forward + loss, traced on the meta device:
+    {"per_layer", "rest", "block_input"} (block_input: what a checkpointed block keeps)."""
+    from model import build_model, parse_model_config
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    traced = {}
+    for n_layer in (1, 2):
+        cfg = parse_model_config(model_cfg).model_copy(update={"n_layer": n_layer})
+        if getattr(cfg, "scan_impl", "chunked") not in ("chunked", "sequential"):  # compiled kernels: no meta
+            cfg = cfg.model_copy(update={"scan_impl": "chunked"})  # saves what mamba-ssm's kernel saves
+        with torch.device("meta"):
+            model = build_model(cfg).to(dtype).train()
+        ids = torch.zeros(micro_batch, seq_len + 1, dtype=torch.long, device="meta")
+        traced[n_layer] = _saved_bytes(model, ids)
+    per_layer = traced[2]["saved"] - traced[1]["saved"]
+    return {"per_layer": per_layer, "rest": traced[1]["saved"] - per_layer, "block_input": traced[1]["block_input"]}
+
+
+def _saved_bytes(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, float]:
+    from trainer.acceleration import block_list
+
+    params = {id(p) for p in model.parameters()}
+    saved: dict[int, int] = {}
+    block_input = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in params:
+            storage = t.untyped_storage()
+            saved[storage._cdata] = storage.nbytes()  # views of one storage count once
+        return t
+
+    first = block_list(model)[0]
+    hook = first.register_forward_pre_hook(lambda _, args: block_input.append(args[0].nbytes))
+    with flash_attention_accounting(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits = model(ids[:, :-1])
+        F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    hook.remove()
+    return {"saved": float(sum(saved.values())), "block_input": float(block_input[0])}
+
+
+@dataclass
+class Plan:
+    params: int
+    largest_layer_params: int
+    gpus: int
+    gpu: str
+    gpu_memory_gib: float
+    zero_stage: int
+    precision: str
+    micro_batch: int
+    seq_len: int
+    model_states_gib: dict  # {stage: {params, grads, optimizer, total}}
+    activations_gib: dict  # {"none": ..., "layers": ...} at the micro-batch
+    total_gib: dict  # {"none": ..., "layers": ...} under the config's stage
+    largest_micro_batch: dict  # {"none": ..., "layers": ...}
+    tokens: float
+    tokens_per_step: int
+    steps: int
+    mfu: float
+    flops_per_token: float
+    wall_clock_hours: float
+    gpu_hours: float
+    checkpoint_gib: float
+
+
+def make_plan(model_cfg, trainer_cfg, zero_stage: int, seq_len: int, nodes: int, gpus_per_node: int, gpu: str,
+              tokens: float | None = None, mfu: float = 0.4, headroom: float = 0.1) -> Plan:
+    """The plan of one run; `tokens` defaults to the config's max_steps x tokens per step."""
+    from model import build_model, parse_model_config
+    from trainer.mfu import GPU_NAMES, table_peak_tflops
+
+    model_cfg = parse_model_config(model_cfg)
+    with torch.device("meta"):
+        model = build_model(model_cfg)
+    params = sum(p.numel() for p in model.parameters())
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    gpus = nodes * gpus_per_node
+    precision, mb = trainer_cfg.precision, trainer_cfg.micro_batch_size
+    states = {}
+    for stage in (0, 1, 2, 3):
+        parts = model_state_bytes(params, largest, stage, precision, gpus)
+        states[stage] = {k: v / GIB for k, v in {**parts, "total": sum(parts.values())}.items()}
+    act = traced_activation_bytes(model_cfg, 1, seq_len, precision)  # per sequence; linear in the micro-batch
+    per_sample = {"none": act["per_layer"] * model_cfg.n_layer + act["rest"],
+                  "layers": act["block_input"] * model_cfg.n_layer + act["per_layer"] + act["rest"]}
+    capacity = GPU_MEMORY_GIB[gpu] * (1 - headroom) * GIB
+    fixed = states[zero_stage]["total"] * GIB
+    tokens_per_step = mb * trainer_cfg.grad_accum_steps * gpus * seq_len
+    tokens = tokens if tokens is not None else trainer_cfg.max_steps * tokens_per_step
+    flops_per_token = model.flops_per_token(seq_len)
+    peak = table_peak_tflops(GPU_NAMES[gpu], precision) * 1e12
+    wall_s = flops_per_token * tokens / (mfu * peak * gpus)
+    return Plan(
+        params=params, largest_layer_params=largest, gpus=gpus, gpu=gpu, gpu_memory_gib=GPU_MEMORY_GIB[gpu],
+        zero_stage=zero_stage, precision=precision, micro_batch=mb, seq_len=seq_len, model_states_gib=states,
+        activations_gib={k: v * mb / GIB for k, v in per_sample.items()},
+        total_gib={k: (fixed + v * mb) / GIB for k, v in per_sample.items()},
+        largest_micro_batch={k: max(0, math.floor((capacity - fixed) / v)) for k, v in per_sample.items()},
+        tokens=tokens, tokens_per_step=tokens_per_step, steps=math.ceil(tokens / tokens_per_step), mfu=mfu,
+        flops_per_token=flops_per_token, wall_clock_hours=wall_s / 3600, gpu_hours=wall_s * gpus / 3600,
+        checkpoint_gib=params * CHECKPOINT_BYTES[precision] / GIB)
+
+
+def format_plan(p: Plan) -> str:
+    """The plan as a Markdown table (README and config comments use it as is)."""
+    s = p.model_states_gib
+    rows = [("parameters", f"{p.params:,} (largest layer {p.largest_layer_params:,})"),
+            ("cluster", f"{p.gpus} x {p.gpu} ({p.gpu_memory_gib} GiB), {p.precision}, ZeRO-{p.zero_stage}")]
+    rows += [(f"model states / GPU, ZeRO-{k}",
+              f"{v['total']:.2f} GiB (params {v['params']:.2f}, grads {v['grads']:.2f}, optimizer {v['optimizer']:.2f})")
+             for k, v in s.items() if k or not p.zero_stage]
+    for mode, label in (("none", "no checkpointing"), ("layers", "checkpointing every block")):
+        rows.append((f"activations / GPU, {label}",
+                     f"{p.activations_gib[mode]:.2f} GiB at micro-batch {p.micro_batch} x {p.seq_len}; "
+                     f"total {p.total_gib[mode]:.2f} GiB; largest micro-batch that fits {p.largest_micro_batch[mode]}"))
+    rows += [("tokens", f"{p.tokens:.3g} ({p.steps:,} steps of {p.tokens_per_step:,} tokens)"),
+             ("time at MFU " + f"{p.mfu:.0%}", f"{p.wall_clock_hours:,.1f} h wall-clock, {p.gpu_hours:,.0f} GPU-hours "
+                                               f"({p.flops_per_token / 1e9:.2f} GFLOP per token)"),
+             ("checkpoint on disk", f"{p.checkpoint_gib:.1f} GiB")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([f"| {'':<{width}} | plan |", f"| {'-' * width} | --- |"] + [f"| {k:<{width}} | {v} |" for k, v in rows])
+
+
+def cmd_plan(args) -> int:
+    from model import parse_model_config
+    from trainer.config import DeepSpeedConfig, TrainerConfig
+
+    from .cli import model_section
+    from .config import ConfigError, apply_overrides, read_yaml
+
+    raw = apply_overrides(read_yaml(args.config), args.overrides)
+    try:
+        model_cfg = parse_model_config(model_section(args))
+        trainer_cfg = TrainerConfig(**raw.get("trainer", {}))
+        zero_stage = DeepSpeedConfig(**raw.get("deepspeed", {})).zero_stage
+    except ValueError as err:
+        raise ConfigError(f"{args.config}: {err}") from None
+    seq_len = int(raw.get("data", {}).get("seq_len", 256))
+    plan = make_plan(model_cfg, trainer_cfg, zero_stage, seq_len, args.nodes, args.gpus_per_node, args.gpu,
+                     args.tokens, args.mfu)
+    print(json.dumps(asdict(plan), indent=2) if args.json else format_plan(plan))
+    return 0
+
+
+def add_plan_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan", help="memory per GPU, largest micro-batch and time of a config on a GPU cluster",
+        description="Parameters, model states per GPU for ZeRO 1/2/3, activations with and without activation "
+                    "checkpointing, the largest micro-batch that fits, steps, wall-clock and GPU-hours for a "
+                    "token budget, and the checkpoint size. Builds the model on the meta device only.",
+        epilog="example: neurograph plan --config configs/inl_1.1b.yaml --nodes 8 --gpus-per-node 8 --gpu h100 "
+               "--tokens 20e9 --mfu 0.4")
+    p.add_argument("--config", required=True, help="YAML run configuration")
+    p.add_argument("--nodes", type=int, default=1, help="nodes in the cluster")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node")
+    p.add_argument("--gpu", default="h100", choices=sorted(GPU_MEMORY_GIB), help="GPU model (memory and peak rate)")
+    p.add_argument("--tokens", type=float, default=None,
+                   help="training tokens (default: trainer.max_steps x tokens per step)")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOP utilization assumed for the time estimate")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    p.set_defaults(func=cmd_plan)

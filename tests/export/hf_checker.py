@@ -1,0 +1,95 @@
+"""Run as a script in a fresh process: load exported Hugging Face folders with transformers alone
+and report what the test compares. NeuroGraph's packages (and pydantic, DeepSpeed) cannot be
+imported here: the repository leaves sys.path, the editable install's finder leaves sys.meta_path,
+and an import hook records any attempt to import them.
+
+    python hf_checker.py SPEC.json OUT_DIR
+SPEC: a list of cases {name, dir, dtype, held_ids, prompt_ids, prompt, paragraph}. Writes
+OUT_DIR/logits.safetensors (each case's logits on held_ids) and OUT_DIR/report.json."""
+import importlib.abc
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BLOCKED = ("model", "kernels", "trainer", "data_pipeline", "launch", "pydantic", "deepspeed")
+REPO = Path(__file__).resolve().parents[2]
+attempts: list[str] = []
+
+
+class RefuseProject(importlib.abc.MetaPathFinder):
+    """Records imports of blocked packages and lets no other finder resolve them."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            attempts.append(name)
+            sys.modules.pop(name, None)
+            raise ModuleNotFoundError(f"{name} is blocked in the export check", name=name)
+        return None
+
+
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() not in (REPO, Path(__file__).resolve().parent)]
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")
+                    and "editable" not in getattr(f, "__name__", "")]
+# transformers probes optional packages with importlib.util.find_spec: answer "absent", not an error.
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: None if name.split(".")[0] in BLOCKED else _find_spec(name, package)
+sys.meta_path.insert(0, RefuseProject())
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline  # noqa: E402
+
+
+@torch.no_grad()
+def reorder_error(model, ids: list[int]) -> float:
+    """Beam search's cache reordering: three rows cached, reordered [2, 0, 0], one more token,
+    against the same rows run whole without a cache (max |logit difference|)."""
+    rows, nxt = torch.tensor([ids[0:16], ids[16:32], ids[32:48]]), torch.tensor([[ids[48]]] * 3)
+    order = torch.tensor([2, 0, 0])
+    out = model(rows, use_cache=True)
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    cache.reorder_cache(order)
+    step = model(nxt, cache=cache, use_cache=True).logits[:, -1]
+    whole = model(torch.cat([rows[order], nxt], dim=1), use_cache=False).logits[:, -1]
+    return (step - whole).abs().max().item()
+
+
+def check(case: dict) -> tuple[dict, torch.Tensor]:
+    dtype = torch.bfloat16 if case["dtype"] == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(case["dir"], trust_remote_code=True, dtype=dtype, use_safetensors=True)
+    tok = AutoTokenizer.from_pretrained(case["dir"], trust_remote_code=True)  # config.json is custom code
+    report = {"class": type(model).__name__}
+    with torch.no_grad():
+        logits = model(torch.tensor([case["held_ids"]])).logits[0].float()
+    if case["dtype"] == "bf16":
+        return report, logits
+    prompt = torch.tensor([case["prompt_ids"]])
+    greedy = model.generate(prompt, max_new_tokens=48, do_sample=False)
+    report["greedy_ids"] = greedy[0].tolist()
+    report["greedy_uncached_ids"] = model.generate(prompt, max_new_tokens=48, do_sample=False, use_cache=False)[0].tolist()
+    beams = [model.generate(prompt, max_new_tokens=12, num_beams=3, do_sample=False, use_cache=c)[0].tolist()
+             for c in (True, False)]
+    report["beam_cached_ids"], report["beam_uncached_ids"] = beams
+    report["reorder_max_diff"] = reorder_error(model, case["held_ids"])
+    stop = report["greedy_ids"][len(case["prompt_ids"]) + 5]  # stop where this token is first produced
+    report["eos_stopped_ids"] = model.generate(prompt, max_new_tokens=48, do_sample=False, eos_token_id=stop)[0].tolist()
+    report["eos_token"] = stop
+    generator = pipeline("text-generation", model=model, tokenizer=tok)
+    report["pipeline_text"] = generator(case["prompt"], max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    report["paragraph_ids"] = tok.encode(case["paragraph"], add_special_tokens=False)
+    report["paragraph_decoded"] = tok.decode(report["paragraph_ids"])
+    return report, logits
+
+
+def main(spec_file: str, out_dir: str) -> None:
+    reports, logits = {}, {}
+    for case in json.loads(Path(spec_file).read_text()):
+        reports[case["name"]], logits[case["name"]] = check(case)
+    reports["_imported"] = sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED)) + attempts
+    save_file(logits, str(Path(out_dir) / "logits.safetensors"))
+    (Path(out_dir) / "report.json").write_text(json.dumps(reports))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

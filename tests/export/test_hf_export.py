@@ -1,0 +1,233 @@
+"""`neurograph export hf`: tiny models of every family trained through `neurograph train`
+(two processes, ZeRO-2; one also ZeRO-3), exported, then loaded by transformers alone in a fresh
+process (tests/export/hf_checker.py) and compared with the trained model and `neurograph generate`."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from launch import cli
+from tests.conftest import corpus_text
+
+pytestmark = pytest.mark.slow
+
+ARCHS = {
+    "transformer": {"arch": "transformer", "d_model": 32, "n_layer": 2, "n_head": 4, "d_ff": 64, "max_seq_len": 128},
+    "inl": {"arch": "inl", "d_model": 32, "n_layer": 2, "n_head": 4, "num_iterations": 2, "controller_rank": 16,
+            "max_seq_len": 128, "positions": "rope"},
+    "inn": {"arch": "inn", "d_model": 32, "n_neurons": 4, "n_layer": 2, "n_head": 2, "d_state": 8, "dropout": 0.0},
+    "mamba_stack": {"arch": "mamba_stack", "d_model": 32, "n_layer": 2, "d_state": 8},
+    "lstm": {"arch": "lstm", "d_model": 32, "n_layer": 2, "dropout": 0.0},
+}
+SENTENCEPIECE_ARCH = "mamba_stack"  # trained on SentencePiece data, the others on characters
+HELD_BACK = corpus_text(chars=260_000)[250_000:]  # after the 200k characters the data holds
+PROMPT = "ROMEO:\nWhat"
+CHECKER = Path(__file__).with_name("hf_checker.py")
+
+
+@pytest.fixture(scope="module")
+def sp_data(tmp_path_factory) -> Path:
+    from data_pipeline import prepare_corpus
+
+    root = tmp_path_factory.mktemp("sp_data")
+    (root / "corpus.txt").write_text(corpus_text(chars=200_000))
+    prepare_corpus([str(root / "corpus.txt")], root / "data", tokenizer="sentencepiece", vocab_size=400, seq_len=64,
+                   val_fraction=0.1, samples_per_shard=16)
+    return root / "data"
+
+
+def _start_training(root: Path, name: str, model: dict, data: Path, zero_stage: int) -> subprocess.Popen:
+    cfg = {"model": model, "data": {"path": str(data), "seq_len": 64},
+           "trainer": {"max_steps": 3, "micro_batch_size": 4, "lr": 3e-3, "num_processes": 2, "eval_every": 0, "eval_batches": 2,
+                       "log_every": 3, "seed": 7, "run_dir": str(root / name)},
+           "deepspeed": {"zero_stage": zero_stage}, "tracking": {"experiment": "export"}}
+    (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    with open(root / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "launch.cli", "train", "--config", str(root / f"{name}.yaml")],
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, char_data, sp_data) -> dict[str, Path]:
+    """Run directories: every family with ZeRO-2, and the transformer with ZeRO-3 ("transformer_zero3"),
+    trained concurrently."""
+    root = tmp_path_factory.mktemp("runs")
+    jobs = {name: _start_training(root, name, model, sp_data if name == SENTENCEPIECE_ARCH else char_data, 2)
+            for name, model in ARCHS.items()}
+    jobs["transformer_zero3"] = _start_training(root, "transformer_zero3", ARCHS["transformer"], char_data, 3)
+    for name, proc in jobs.items():
+        assert proc.wait(timeout=900) == 0, (root / f"{name}.log").read_text()[-4000:]
+    return {name: root / name for name in jobs}
+
+
+def export(run: Path, out: Path, *options: str) -> int:
+    return cli.main(["export", "hf", "--run", str(run), "--out", str(out), *options])
+
+
+@pytest.fixture(scope="module")
+def reference(runs) -> dict[str, dict]:
+    """What the project itself computes for every run: logits on held-back text, greedy ids."""
+    from launch.inference import load_trained_model
+
+    out = {}
+    for name, run in runs.items():
+        model, tokenizer, _ = load_trained_model(run)
+        held = tokenizer.encode(HELD_BACK[:100])
+        prompt = tokenizer.encode(PROMPT)
+        with torch.no_grad():
+            logits = model(torch.tensor([held]))[0]
+        greedy = model.generate(torch.tensor([prompt]), 48)[0].tolist()
+        out[name] = {"held_ids": held, "prompt_ids": prompt, "logits": logits, "greedy_ids": greedy,
+                     "tokenizer": tokenizer}
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("exported")
+    dirs = {name: root / name for name in runs}
+    dirs["transformer_bf16"] = root / "transformer_bf16"
+    for name, run in runs.items():
+        assert export(run, dirs[name]) == 0
+    assert export(runs["transformer"], dirs["transformer_bf16"], "--dtype", "bf16") == 0
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def checked(exported, reference, tmp_path_factory) -> tuple[dict, dict]:
+    """One fresh process checks every export: (report per case, logits per case)."""
+    root = tmp_path_factory.mktemp("checked")
+    cases = [{"name": name, "dir": str(path), "dtype": "bf16" if name.endswith("bf16") else "fp32",
+              "held_ids": reference[name.removesuffix("_bf16")]["held_ids"],
+              "prompt_ids": reference[name.removesuffix("_bf16")]["prompt_ids"], "prompt": PROMPT,
+              "paragraph": HELD_BACK[100:1600] + "  two  spaces,  end\n\n"}
+             for name, path in exported.items()]
+    (root / "spec.json").write_text(json.dumps(cases))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(CHECKER), str(root / "spec.json"), str(root)], capture_output=True,
+                          text=True, timeout=900, cwd=root, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads((root / "report.json").read_text()), load_file(str(root / "logits.safetensors"))
+
+
+def test_project_packages_never_imported(checked):
+    report, _ = checked
+    assert report["_imported"] == []
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_exported_model_equals_trained_model(name, checked, reference, capsys, runs):
+    report, logits = checked
+    ref = reference[name]
+    torch.testing.assert_close(logits[name], ref["logits"], atol=1e-5, rtol=0)
+    assert report[name]["greedy_ids"] == ref["greedy_ids"]
+    # `neurograph generate --greedy` prints the same continuation
+    assert cli.main(["generate", "--run", str(runs[name]), "--prompt", PROMPT, "--max-new-tokens", "48", "--greedy"]) == 0
+    printed = capsys.readouterr().out  # (after DeepSpeed's messages when it consolidates shards)
+    assert printed.endswith(ref["tokenizer"].decode(report[name]["greedy_ids"]) + "\n")
+    expected_class = "NeuroGraphForCausalLM" if name in ("transformer", "inl") else "NeuroGraphRecurrentForCausalLM"
+    assert report[name]["class"] == expected_class
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_generate_options(name, checked):
+    report = checked[0][name]
+    assert report["greedy_uncached_ids"] == report["greedy_ids"]  # the cache changes cost, not results
+    assert report["beam_cached_ids"] == report["beam_uncached_ids"]
+    assert report["reorder_max_diff"] < 1e-5  # beam search's cache reordering keeps each row's own state
+    assert len(report["beam_cached_ids"]) == len(report["greedy_ids"]) - 48 + 12
+    stopped = report["eos_stopped_ids"]
+    assert stopped[-1] == report["eos_token"] and stopped == report["greedy_ids"][: len(stopped)]
+    assert report["pipeline_text"].startswith(PROMPT) and len(report["pipeline_text"]) > len(PROMPT)
+
+
+@pytest.mark.parametrize("name", ["transformer", SENTENCEPIECE_ARCH])  # characters, SentencePiece
+def test_tokenizer_round_trip(name, checked, reference):
+    report = checked[0][name]
+    paragraph = HELD_BACK[100:1600] + "  two  spaces,  end\n\n"
+    assert report["paragraph_decoded"] == paragraph
+    assert report["paragraph_ids"] == reference[name]["tokenizer"].encode(paragraph)
+
+
+def test_zero3_export_equals_zero2(checked):
+    _, logits = checked
+    torch.testing.assert_close(logits["transformer_zero3"], logits["transformer"], atol=1e-4, rtol=0)
+
+
+def test_bf16_export(checked, exported):
+    _, logits = checked
+    err = (logits["transformer_bf16"] - logits["transformer"]).abs()
+    assert err.max() < 0.1 and err.mean() < 0.02, (err.max(), err.mean())
+    assert json.loads((exported["transformer_bf16"] / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_folder_layout(exported, runs, tmp_path):
+    folder = exported["inn"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_neurograph.NeuroGraphRecurrentForCausalLM"
+    names = {p.name for p in folder.iterdir()}
+    assert {"generation_config.json", "tokenizer.json", "model.safetensors", "registry.py", "selective_scan.py"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pkl", ".cpp"))]  # safetensors only, no pickles
+    sharded = tmp_path / "sharded"
+    assert export(runs["inn"], sharded, "--max-shard-size", "20KB") == 0
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    merged = {k: v for f in set(index["weight_map"].values()) for k, v in load_file(str(sharded / f)).items()}
+    assert merged.keys() == load_file(str(folder / "model.safetensors")).keys()
+
+
+def test_bad_input(runs, tmp_path, capsys):
+    run = runs["lstm"]
+    # a missing checkpoint step, naming it
+    assert export(run, tmp_path / "a", "--checkpoint", "999") == 2
+    assert "step_00000999" in capsys.readouterr().err
+    # nothing is written into a non-empty folder without --overwrite
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert export(run, out) == 2
+    assert "--overwrite" in capsys.readouterr().err and [p.name for p in out.iterdir()] == ["keep.txt"]
+    # truncated weight files (consolidated safetensors and DeepSpeed's model shard), naming one
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    tag = (broken / "checkpoints" / "latest").read_text().strip()
+    checkpoint = broken / "checkpoints" / tag
+    weights = [*checkpoint.glob("*.safetensors"), *checkpoint.glob("*model_states.pt")]
+    for f in weights:
+        f.write_bytes(f.read_bytes()[:200])
+    assert export(broken, tmp_path / "b") == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupted" in err and any(str(f) in err for f in weights)
+    # an architecture this version does not know
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    cfg = yaml.safe_load((old / "config.yaml").read_text())
+    cfg["model"]["arch"] = "gru"
+    (old / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert export(old, tmp_path / "c") == 2
+    assert "model.arch: unknown architecture" in capsys.readouterr().err
+
+
+def test_mlflow_artifact_and_registered_version(runs, tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    run = runs["lstm"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    run_id = (run / "mlflow_run_id").read_text().strip()
+    assert export(run, tmp_path / "hf", "--mlflow") == 0
+    logged = {Path(a.path).name for a in client.list_artifacts(run_id, "hf_model")}
+    assert {"config.json", "model.safetensors", "modeling_neurograph.py", "tokenizer.json"} <= logged
+    assert export(run, tmp_path / "hf", "--overwrite", "--register", "tiny-lstm") == 0
+    assert client.get_model_version("tiny-lstm", "1").run_id == run_id
+    mlflow.set_tracking_uri(f"sqlite:///{run / 'mlflow.db'}")
+    assert "python_function" in mlflow.models.get_model_info("models:/tiny-lstm/1").flavors

@@ -1,0 +1,73 @@
+"""Triton kernels in tests: compiled on a CUDA device where there is one, else through Triton's
+interpreter on CPU tensors. Triton fixes which of the two its `@triton.jit` functions become when
+they are defined, so TRITON_INTERPRET=1 is set here only while triton and the kernel modules are
+imported (collection of tests/kernels), then replaced by triton's own knob, so the environment of
+other tests and their subprocesses stays clean."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+TRITON_MODULES = ("kernels.selective_scan_triton", "kernels.integrator_triton", "kernels.neuron_attention_triton")
+ON_GPU = torch.cuda.is_available()
+
+
+def _import_interpreted() -> bool:
+    """Import triton and the kernels interpreted; False when triton was already imported compiled."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if "triton" in sys.modules:
+        return bool(sys.modules["triton"].knobs.runtime.interpret)
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton
+
+        triton.knobs.runtime.interpret = True  # triton's own later imports check it too
+        for name in TRITON_MODULES:
+            importlib.import_module(name)
+    finally:
+        if before is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = before
+    return True
+
+
+INTERPRETED = not ON_GPU and _import_interpreted()
+
+
+@pytest.fixture
+def triton_device() -> str:
+    """The device Triton kernels run on here: "cuda", or "cpu" through the interpreter."""
+    if ON_GPU:
+        return "cuda"
+    if not INTERPRETED:
+        pytest.skip("no CUDA, and triton was imported before tests/kernels/conftest.py could enable its interpreter")
+    return "cpu"
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every uninitialised floating-point tensor (torch.empty, empty_like, new_empty) starts as NaN
+    during the test, so an element a kernel fails to write shows up in the comparison."""
+    def poison(fn):
+        def wrapped(*args, **kwargs):
+            x = fn(*args, **kwargs)
+            return x.fill_(float("nan")) if x.is_floating_point() else x
+        return wrapped
+
+    for owner, name in ((torch, "empty"), (torch, "empty_like"), (torch.Tensor, "new_empty")):
+        monkeypatch.setattr(owner, name, poison(getattr(owner, name)))
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4, name: str = "") -> None:
+    """Relative agreement: every element within rtol of the reference's largest magnitude (at least
+    1e-3, so a reference that is zero up to rounding, like a softmax over one neuron, compares too)."""
+    assert actual.shape == expected.shape, name
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol, atol=rtol * max(scale, 1e-3), msg=name or None)

@@ -1,0 +1,89 @@
+"""Activation checkpointing and torch.compile, applied to any model family through its block list.
+
+    trainer.activation_checkpointing: none | layers | every_k  ->  torch.utils.checkpoint (non-reentrant)
+    trainer.compile: true                                       ->  torch.compile of each block, in place
+
+Both act on the model's repeated blocks (`block_list`) and leave parameter names unchanged, so
+checkpoints, exports and inference load the same weights. Dropout masks are replayed in the
+recomputation (the RNG state is preserved), so a checkpointed run computes the losses of a
+plain one. INN's own `model.checkpoint_layers` is the same as `layers`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+# Where each family keeps its repeated blocks: Transformer, INL, Mamba stack (`blocks`), INN
+# (`layers`), hf_inl's GPT-2 / Llama decoder; the LSTM's one nn.LSTM module is a single block.
+BLOCK_PATHS = ("blocks", "layers", "hf.transformer.h", "hf.model.layers", "lstm")
+
+
+def block_list(model: nn.Module) -> list[nn.Module]:
+    """The model's repeated blocks, in forward order."""
+    for path in BLOCK_PATHS:
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, nn.ModuleList):
+            return list(obj)
+        if isinstance(obj, nn.Module):
+            return [obj]
+    raise ValueError(f"{type(model).__name__} has no block list ({', '.join(BLOCK_PATHS)})")
+
+
+def checkpointing_mode(trainer_cfg, model_cfg) -> tuple[str, int]:
+    """(mode, k) in effect: trainer.activation_checkpointing, or `layers` for INN's checkpoint_layers."""
+    mode, every = trainer_cfg.activation_checkpointing, trainer_cfg.activation_checkpointing_every
+    if getattr(model_cfg, "checkpoint_layers", False):
+        if mode != "none":
+            raise ValueError("model.checkpoint_layers and trainer.activation_checkpointing are both set; "
+                             "keep trainer.activation_checkpointing only")
+        return "layers", 1
+    return mode, every
+
+
+def checkpoint_blocks(model: nn.Module, mode: str, every: int = 1) -> int:
+    """Recompute the forward of every block (`layers`) or of every k-th (`every_k`, blocks 0, k, 2k, ...)
+    in backward. Returns the number of checkpointed blocks."""
+    if mode == "none":
+        return 0
+    chosen = [b for i, b in enumerate(block_list(model)) if mode == "layers" or i % every == 0]
+    for block in chosen:
+        _checkpoint_forward(block)
+    return len(chosen)
+
+
+def _checkpoint_forward(block: nn.Module) -> None:
+    """Replace the block's forward (an instance attribute: parameter names and hooks stay)."""
+    forward = block.forward
+
+    def checkpointed(*args, **kwargs):
+        if not (block.training and torch.is_grad_enabled()):
+            return forward(*args, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    block.forward = checkpointed
+
+
+def compile_blocks(model: nn.Module) -> None:
+    """torch.compile each block in place (nn.Module.compile keeps names and state dict keys)."""
+    try:
+        blocks = block_list(model)
+    except ValueError:
+        blocks = [model]
+    for block in blocks:
+        block.compile()
+
+
+def accelerate(model: nn.Module, trainer_cfg, model_cfg) -> float:
+    """Apply the trainer's checkpointing and compile switches to `model`; returns the share of
+    blocks whose forward is recomputed (for train/hfu)."""
+    mode, every = checkpointing_mode(trainer_cfg, model_cfg)
+    n = len(block_list(model)) if mode != "none" else 0
+    # INN recomputes its layers itself when checkpoint_layers is set
+    done = n if getattr(model_cfg, "checkpoint_layers", False) else checkpoint_blocks(model, mode, every)
+    if trainer_cfg.compile:
+        compile_blocks(model)
+    return done / n if n else 0.0
+
