@@ -185,8 +185,9 @@ class StreamingTokenLoader:
             raise DataError(f"data.on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
         mixture = [(str(data_dir), 1.0)] if isinstance(data_dir, (str, os.PathLike)) else [(str(d), float(w)) for d, w in data_dir]
         self.names = [d for d, _ in mixture]
-        self.manifest = load_manifest(mixture[0][0])
-        prepared = min(int(load_manifest(d)["seq_len"]) for d, _ in mixture)
+        manifests = [load_manifest(d) for d, _ in mixture]  # read once: they may be remote
+        self.manifest = manifests[0]
+        prepared = min(int(m["seq_len"]) for m in manifests)
         self.seq_len = prepared if seq_len is None else int(seq_len)
         if not 0 < self.seq_len <= prepared:
             raise DataError(f"data.seq_len={self.seq_len} must be between 1 and the prepared seq_len {prepared}")
@@ -196,7 +197,7 @@ class StreamingTokenLoader:
         self.global_rows = micro_batch_size * world_size
         self.samples_per_step = samples_per_step or self.global_rows
         self.skipped_shards: list[str] = []
-        sources = tuple(self._source(d, split, shuffle_window, on_corrupt) for d, _ in mixture)
+        sources = tuple(self._source(d, m, split, shuffle_window, on_corrupt) for (d, _), m in zip(mixture, manifests))
         self._plan = _Plan(sources=sources, weights=tuple(w for _, w in mixture), seed=self.seed,
                            sample_len=self.seq_len + 1, global_rows=self.global_rows,
                            first_row=rank * micro_batch_size, rows=micro_batch_size, loop=loop,
@@ -204,8 +205,7 @@ class StreamingTokenLoader:
         self._consumed = 0  # stream positions before the next micro-batch
         self._schedule = MixtureSchedule(self._plan.weights, self.seed)  # for proportions()
 
-    def _source(self, data_dir: str, split: str, window: int, on_corrupt: str) -> _Source:
-        manifest = load_manifest(data_dir)
+    def _source(self, data_dir: str, manifest: dict, split: str, window: int, on_corrupt: str) -> _Source:
         if split not in manifest["splits"]:
             raise DataError(f"{data_dir} has no split {split!r}; splits: {', '.join(manifest['splits'])}")
         if manifest["tokenizer"] != self.manifest["tokenizer"]:
