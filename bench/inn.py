@@ -186,7 +186,7 @@ def section_flops(batch: int, seq: int):
         else:
             timed, counted = shipped_inn(), shipped_inn(checkpoint_layers=False)
         flops = step_flops(counted, batch, seq)
-        sec = train_step_time(timed, batch, seq, steps=3, min_seconds=20.0)
+        sec = train_step_time(timed, batch, seq, steps=2, min_seconds=20.0)
         rows.append((name, sum(p.numel() for p in timed.parameters()), batch * seq / sec, flops / sec))
     return rows
 

@@ -6,7 +6,7 @@ block checkpointed, compiled, both. A measurement is forward + backward + AdamW 
 warm-up (compilation excluded), in a fresh process per cell so that peak memory (VmHWM above the
 RSS before the first step) is its own.
 
-Usage: .venv/bin/python bench/scaling.py [--steps 5] [--quick]   (--quick: 2 steps, micro-batch 2)
+Usage: .venv/bin/python bench/scaling.py [--steps 5] [--quick] [--only MODEL ...]   (--quick: 2 steps, micro-batch 2)
 """
 from __future__ import annotations
 
@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 steps at micro-batch 2 (a smoke run)")
     parser.add_argument("--cell", nargs=2, metavar=("CONFIG", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--micro-batch", type=int, default=None, help="override the configs' micro-batch")
+    parser.add_argument("--only", nargs="+", choices=list(FAMILIES), default=list(FAMILIES), metavar="MODEL",
+                        help=f"models to measure (default: all of {', '.join(map(repr, FAMILIES))})")
     args = parser.parse_args()
     steps, mb = (2, 2) if args.quick else (args.steps, args.micro_batch)
     if args.cell:
@@ -80,7 +82,8 @@ def main() -> None:
         return
     print("| model | micro-batch x seq | variant | tokens/s | peak memory MiB |")
     print("| --- | --- | --- | ---: | ---: |")
-    for family, config in FAMILIES.items():
+    for family in args.only:
+        config = FAMILIES[family]
         for variant in VARIANTS:
             cmd = [sys.executable, __file__, "--cell", config, variant, "--steps", str(steps)]
             cmd += ["--quick"] if args.quick else (["--micro-batch", str(mb)] if mb else [])

@@ -7,14 +7,18 @@ Per iteration k (the reference is `integrator_iterations_reference` in kernels/i
     z_{k+1}, v_{k+1} = integrator step(z_k, v_k, mu, raw_k, dt)
 
 One program owns BLOCK_N tokens and runs all K iterations. Per iteration it makes two passes
-over D in tiles of BLOCK_D: the first accumulates pre_k [BLOCK_N, r] (kept in registers), the
-second computes raw_k tile by tile and updates (z, v); only the program's own rows of z, v are
-written between passes, so they stay in L2. Training's forward writes every iterate (the saved
-states) and pre_k; backward walks the iterations in reverse with the same two passes, writing the gradients
-of raw_k and pre_k, from which PyTorch forms the weight gradients as large matmuls. The
-inference variant updates (z, v) in place and applies adaptive stopping's per-token masks: after
-`min_iterations`, a token whose last update has norm below the threshold keeps its z and counts no
-more iterations, and a block of tokens that all stopped skips the remaining iterations' work.
+over D: the first accumulates pre_k [BLOCK_N, r] (kept in registers), the second computes raw_k
+and updates (z, v). Where D fits one tile (D <= ON_CHIP_MAX_D, the tiny INL's 128), the state
+(z, v) [BLOCK_N, D] stays in registers across the K iterations (`ON_CHIP`): the only memory
+traffic per iteration is the weights (shared by all programs, so L2-resident) and training's
+stores of the saved iterates. Wider D (the 1.1B's 1728) goes in tiles of TILE_D, and the
+program's own rows of z, v are written between passes, so they stay in L2. Training's forward
+writes every iterate z_k, v_k (the saved states) and pre_k; backward walks the iterations in
+reverse, streaming them in, with the gradient state (dz, dv) on chip in the same way, and writes
+the gradients of raw_k and pre_k, from which PyTorch forms the weight gradients as large matmuls.
+The inference variant applies adaptive stopping's per-token masks: after `min_iterations`, a
+token whose last update has norm below the threshold keeps its z and counts no more iterations,
+and a block of tokens that all stopped skips the remaining iterations' work.
 Everything computes in fp32 (tl.dot with IEEE fp32 inputs, so results match the reference).
 """
 from __future__ import annotations
@@ -23,7 +27,17 @@ import torch
 
 from .triton_runtime import check_triton_device, next_power_of_2, triton
 
-BLOCK_N, BLOCK_D = 16, 32
+BLOCK_N = 16
+ON_CHIP_MAX_D = 256  # widest D whose state tile [BLOCK_N, D] stays in registers; wider D streams tiles through L2
+TILE_D = 32  # the D tile of the streamed form
+
+
+def _tiling(d: int) -> dict:
+    """Launch options for D channels: one register tile spanning D (ON_CHIP), else tiles of TILE_D."""
+    block = max(16, next_power_of_2(d))  # tl.dot needs every dimension >= 16
+    on_chip = block <= ON_CHIP_MAX_D
+    block = block if on_chip else TILE_D
+    return dict(ON_CHIP=on_chip, BLOCK_D=block, num_warps=max(4, BLOCK_N * block // 512))
 
 if triton is not None:
     import triton.language as tl
@@ -32,7 +46,7 @@ if triton is not None:
     def _integrator_fwd_kernel(zs_ptr, vs_ptr, ctx_ptr, pre_ptr, wz_ptr, wv_ptr, wout_ptr, bout_ptr,
                                scale_ptr, shift_ptr, mu_ptr, mask_ptr, wave_ptr, iters_ptr,
                                N, D, R, K, dt, min_iterations, threshold_sq,
-                               ADAPTIVE: tl.constexpr, EXCITE: tl.constexpr, MASKED: tl.constexpr,
+                               ADAPTIVE: tl.constexpr, EXCITE: tl.constexpr, MASKED: tl.constexpr, ON_CHIP: tl.constexpr,
                                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rr, cols0 = tl.arange(0, BLOCK_R), tl.arange(0, BLOCK_D)
@@ -40,6 +54,11 @@ if triton is not None:
         ctx = tl.load(ctx_ptr + rows[:, None] * R + rr[None, :], mask=mn[:, None] & mr[None, :], other=0.0)
         s0, s1, s2, s3 = tl.load(scale_ptr), tl.load(scale_ptr + 1), tl.load(scale_ptr + 2), tl.load(scale_ptr + 3)
         h0, h1, h2, h3 = tl.load(shift_ptr), tl.load(shift_ptr + 1), tl.load(shift_ptr + 2), tl.load(shift_ptr + 3)
+        # ON_CHIP (one tile spans D): the state (z, v) [BLOCK_N, BLOCK_D] stays in registers across the K iterations
+        off0 = rows[:, None] * D + cols0[None, :]
+        m0 = mn[:, None] & (cols0 < D)[None, :]
+        z_reg = tl.load(zs_ptr + off0, mask=m0, other=0.0)  # z_0
+        v_reg = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)  # v_0 = 0
         active = mn
         iters = tl.zeros([BLOCK_N], tl.int32)
         update_sq = tl.zeros([BLOCK_N], tl.float32)  # ||z_k - z_(k-1)||^2 of the last iteration
@@ -47,7 +66,7 @@ if triton is not None:
             if ADAPTIVE:  # inference: the state is updated in place
                 active = active & ((k < min_iterations) | (update_sq >= threshold_sq))
                 cur, nxt, vcur, vnxt = zs_ptr, zs_ptr, vs_ptr, vs_ptr
-            else:  # training: every iterate is kept for backward
+            else:  # training: every iterate is written for backward
                 cur, nxt = zs_ptr + k * N * D, zs_ptr + (k + 1) * N * D
                 vcur, vnxt = vs_ptr + k * N * D, vs_ptr + (k + 1) * N * D
             if tl.max(active.to(tl.int32), 0) > 0:  # a block whose tokens all stopped skips the iteration
@@ -60,12 +79,16 @@ if triton is not None:
                     wm = mc[:, None] & mr[None, :]
                     wz = tl.load(wz_ptr + rr[None, :] * D + cols[:, None], mask=wm, other=0.0)  # [BD, BR]
                     wv = tl.load(wv_ptr + rr[None, :] * D + cols[:, None], mask=wm, other=0.0)
-                    pre += tl.dot(tl.load(cur + off, mask=m, other=0.0), wz, input_precision="ieee")
-                    pre += tl.dot(tl.load(vcur + off, mask=m, other=0.0), wv, input_precision="ieee")
+                    if ON_CHIP:
+                        z, v = z_reg, v_reg
+                    else:
+                        z, v = tl.load(cur + off, mask=m, other=0.0), tl.load(vcur + off, mask=m, other=0.0)
+                    pre += tl.dot(z, wz, input_precision="ieee")
+                    pre += tl.dot(v, wv, input_precision="ieee")
                 if not ADAPTIVE:
                     tl.store(pre_ptr + k * N * R + rows[:, None] * R + rr[None, :], pre, mask=mn[:, None] & mr[None, :])
                 hid = tl.maximum(pre, 0.0)
-                if ADAPTIVE:
+                if ADAPTIVE and not ON_CHIP:
                     tl.debug_barrier()  # pass 2 overwrites the z, v that pass 1 read
                 new_update_sq = tl.zeros([BLOCK_N], tl.float32)
                 for d0 in range(0, D, BLOCK_D):  # pass 2: raw tile by tile, then the state update
@@ -85,8 +108,10 @@ if triton is not None:
                                 + tl.load(bout_ptr + 3 * D + cols, mask=mc, other=0.0)[None, :]) * s3 + h3
                     alpha, gate = tl.sigmoid(raw0), tl.sigmoid(raw2)
                     beta = tl.maximum(raw1, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(raw1)))  # softplus
-                    z = tl.load(cur + off, mask=m, other=0.0)
-                    v = tl.load(vcur + off, mask=m, other=0.0)
+                    if ON_CHIP:
+                        z, v = z_reg, v_reg
+                    else:
+                        z, v = tl.load(cur + off, mask=m, other=0.0), tl.load(vcur + off, mask=m, other=0.0)
                     mu = tl.load(mu_ptr + cols, mask=mc, other=0.0)
                     v_new = alpha * v + (1.0 - alpha) * v_target - beta * (z - mu[None, :])
                     if EXCITE:  # + mask * wave_k (training) or wave_k (its expectation, evaluation)
@@ -97,18 +122,24 @@ if triton is not None:
                         z_new = tl.where(active[:, None], z_new, z)
                         v_new = tl.where(active[:, None], v_new, v)
                         new_update_sq += tl.sum(tl.where(m, (z_new - z) * (z_new - z), 0.0), 1)
-                    tl.store(nxt + off, z_new, mask=m)
-                    tl.store(vnxt + off, v_new, mask=m)
+                    if ON_CHIP:  # padding kept at 0 (its raw is the shift: K updates could overflow it)
+                        z_reg, v_reg = tl.where(m, z_new, 0.0), tl.where(m, v_new, 0.0)
+                    if not (ADAPTIVE and ON_CHIP):  # training's saved iterate, or the in-place state in L2
+                        tl.store(nxt + off, z_new, mask=m)
+                        tl.store(vnxt + off, v_new, mask=m)
                 update_sq = new_update_sq
             iters += active.to(tl.int32)
-            tl.debug_barrier()  # the next iteration reads this one's z, v
+            if not ON_CHIP:
+                tl.debug_barrier()  # the next iteration reads this one's z, v
         if ADAPTIVE:
+            if ON_CHIP:
+                tl.store(zs_ptr + off0, z_reg, mask=m0)
             tl.store(iters_ptr + rows, iters, mask=mn)
 
     @triton.jit
     def _integrator_bwd_kernel(zs_ptr, vs_ptr, pre_ptr, wz_ptr, wv_ptr, wout_ptr, bout_ptr, scale_ptr, shift_ptr,
                                mu_ptr, mask_ptr, wave_ptr, gz_ptr, gv_ptr, graw_ptr, gpre_ptr, gmu_ptr, gwave_ptr,
-                               N, D, R, K, dt, EXCITE: tl.constexpr, MASKED: tl.constexpr,
+                               N, D, R, K, dt, EXCITE: tl.constexpr, MASKED: tl.constexpr, ON_CHIP: tl.constexpr,
                                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -117,9 +148,14 @@ if triton is not None:
         m_pre = mn[:, None] & mr[None, :]
         s0, s1, s2, s3 = tl.load(scale_ptr), tl.load(scale_ptr + 1), tl.load(scale_ptr + 2), tl.load(scale_ptr + 3)
         h0, h1, h2, h3 = tl.load(shift_ptr), tl.load(shift_ptr + 1), tl.load(shift_ptr + 2), tl.load(shift_ptr + 3)
+        # ON_CHIP: the gradient state (dLoss/dz_k, dLoss/dv_k) [BLOCK_N, BLOCK_D] stays in registers across iterations
+        off0 = rows[:, None] * D + cols0[None, :]
+        m0 = mn[:, None] & (cols0 < D)[None, :]
+        gz_reg = tl.load(gz_ptr + off0, mask=m0, other=0.0)
+        gv_reg = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)  # the loss reads z_K only
         for i in range(K):
             k = K - 1 - i
-            cur, vcur = zs_ptr + k * N * D, vs_ptr + k * N * D
+            cur, vcur = zs_ptr + k * N * D, vs_ptr + k * N * D  # the saved iterate z_k, v_k, streamed in
             pre = tl.load(pre_ptr + k * N * R + rows[:, None] * R + rr[None, :], mask=m_pre, other=0.0)
             hid = tl.maximum(pre, 0.0)
             ghid = tl.zeros([BLOCK_N, BLOCK_R], tl.float32)
@@ -146,8 +182,11 @@ if triton is not None:
                 mu = tl.load(mu_ptr + cols, mask=mc, other=0.0)
                 err = z - mu[None, :]
                 v_new = alpha * v + (1.0 - alpha) * v_target - beta * err
-                gz = tl.load(gz_ptr + off, mask=m, other=0.0)  # dLoss/dz_(k+1), dLoss/dv_(k+1)
-                gv_new = tl.load(gv_ptr + off, mask=m, other=0.0) + gz * dt * gate
+                if ON_CHIP:  # dLoss/dz_(k+1), dLoss/dv_(k+1)
+                    gz, gv = gz_reg, gv_reg
+                else:
+                    gz, gv = tl.load(gz_ptr + off, mask=m, other=0.0), tl.load(gv_ptr + off, mask=m, other=0.0)
+                gv_new = gv + gz * dt * gate
                 if EXCITE:
                     wave = tl.load(wave_ptr + k * D + cols, mask=mc, other=0.0)[None, :]
                     if MASKED:
@@ -172,11 +211,15 @@ if triton is not None:
                 ghid += tl.dot(g3 * s3, tl.trans(w3), input_precision="ieee")
                 gmu = gmu_ptr + pid * D + cols
                 tl.store(gmu, tl.load(gmu, mask=mc, other=0.0) + tl.sum(gv_new * beta, 0), mask=mc)
-                tl.store(gz_ptr + off, gz - gv_new * beta, mask=m)
-                tl.store(gv_ptr + off, gv_new * alpha, mask=m)
+                if ON_CHIP:
+                    gz_reg, gv_reg = gz - gv_new * beta, gv_new * alpha
+                else:
+                    tl.store(gz_ptr + off, gz - gv_new * beta, mask=m)
+                    tl.store(gv_ptr + off, gv_new * alpha, mask=m)
             gpre = tl.where(pre > 0.0, ghid, 0.0)
             tl.store(gpre_ptr + k * N * R + rows[:, None] * R + rr[None, :], gpre, mask=m_pre)
-            tl.debug_barrier()
+            if not ON_CHIP:
+                tl.debug_barrier()
             for d0 in range(0, D, BLOCK_D):  # the controller's path back to z_k and v_k
                 cols = d0 + cols0
                 mc = cols < D
@@ -185,9 +228,17 @@ if triton is not None:
                 wm = mr[:, None] & mc[None, :]
                 wz = tl.load(wz_ptr + rr[:, None] * D + cols[None, :], mask=wm, other=0.0)  # [BR, BD]
                 wv = tl.load(wv_ptr + rr[:, None] * D + cols[None, :], mask=wm, other=0.0)
-                tl.store(gz_ptr + off, tl.load(gz_ptr + off, mask=m, other=0.0) + tl.dot(gpre, wz, input_precision="ieee"), mask=m)
-                tl.store(gv_ptr + off, tl.load(gv_ptr + off, mask=m, other=0.0) + tl.dot(gpre, wv, input_precision="ieee"), mask=m)
-            tl.debug_barrier()
+                gz_pre, gv_pre = tl.dot(gpre, wz, input_precision="ieee"), tl.dot(gpre, wv, input_precision="ieee")
+                if ON_CHIP:
+                    gz_reg += gz_pre
+                    gv_reg += gv_pre
+                else:
+                    tl.store(gz_ptr + off, tl.load(gz_ptr + off, mask=m, other=0.0) + gz_pre, mask=m)
+                    tl.store(gv_ptr + off, tl.load(gv_ptr + off, mask=m, other=0.0) + gv_pre, mask=m)
+            if not ON_CHIP:
+                tl.debug_barrier()
+        if ON_CHIP:
+            tl.store(gz_ptr + off0, gz_reg, mask=m0)
 
 
 def _launch_forward(z0, ctx, wz, wv, wout, bout, scale, shift, mu, mask, waves, dt, K, adaptive=None):
@@ -210,7 +261,7 @@ def _launch_forward(z0, ctx, wz, wv, wout, bout, scale, shift, mu, mask, waves, 
     _integrator_fwd_kernel[(-(-n // BLOCK_N),)](
         zs, vs, ctx, pre, wz, wv, wout, bout, scale, shift, mu, _or(mask, mu), _or(waves, mu), iters, n, d, r, K, dt,
         min_iterations, threshold * threshold, ADAPTIVE=adaptive is not None, EXCITE=waves is not None,
-        MASKED=mask is not None, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_R=max(16, next_power_of_2(r)))
+        MASKED=mask is not None, BLOCK_N=BLOCK_N, BLOCK_R=max(16, next_power_of_2(r)), **_tiling(d))
     return zs, vs, pre, iters if adaptive else None
 
 
@@ -249,7 +300,7 @@ class TritonIntegratorIterations(torch.autograd.Function):
         _integrator_bwd_kernel[(n_prog,)](
             zs, vs, pre, wz, wv, wout, bout, scale, shift, mu, _or(mask, mu), _or(waves, mu), gz, gv, graw, gpre, gmu,
             _or(gwaves, mu), n, d, r, K, dt, EXCITE=waves is not None, MASKED=mask is not None,
-            BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_R=max(16, next_power_of_2(r)))
+            BLOCK_N=BLOCK_N, BLOCK_R=max(16, next_power_of_2(r)), **_tiling(d))
         # weight gradients as matmuls over all K * N rows
         hid = pre.clamp_min(0.0).reshape(K * n, r)
         raw_lin = torch.addmm(bout, hid, wout.T).view(K, n, 4, d)

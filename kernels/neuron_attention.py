@@ -7,9 +7,10 @@ For M = B x T independent problems of N neurons, H heads of width hd (q, k, v [M
 
 impl "reference" is PyTorch (scaled_dot_product_attention; for top-k a gather of the picked
 keys/values, [M, N, k, H, hd]); "triton" the fused kernels of kernels/neuron_attention_triton.py
-(CUDA, or CPU under TRITON_INTERPRET=1), which read the picks through their indices; "auto"
-takes Triton on CUDA when it is installed, no attention dropout applies (the kernels have
-none) and, for dense, N <= MAX_DENSE_NEURONS; the reference otherwise.
+(CUDA, or CPU under TRITON_INTERPRET=1), which read the picks through their indices and apply
+attention dropout inside (a Philox mask from a seed drawn from torch's CPU generator, so its
+draws differ from the reference's F.dropout); "auto" takes Triton on CUDA when it is installed
+and, for dense, N <= MAX_DENSE_NEURONS; the reference otherwise.
 """
 from __future__ import annotations
 
@@ -39,30 +40,28 @@ def topk_attention_reference(q, k, v, idx, dropout: float = 0.0) -> torch.Tensor
     return (w[..., None] * v_sel).sum(2)
 
 
-def _use_triton(impl: str, x: torch.Tensor, dropout: float, max_neurons: Optional[int] = None) -> bool:
+def _use_triton(impl: str, x: torch.Tensor, max_neurons: Optional[int] = None) -> bool:
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown neuron attention impl {impl!r}; choose from {ATTENTION_IMPLS}")
     if impl == "auto":
         fits = max_neurons is None or x.shape[1] <= max_neurons
-        return x.is_cuda and dropout == 0.0 and fits and importlib.util.find_spec("triton") is not None
-    if impl == "triton" and dropout > 0.0:
-        raise ValueError("impl 'triton' neuron attention has no attention dropout; set dropout 0 or impl 'reference'")
+        return x.is_cuda and fits and importlib.util.find_spec("triton") is not None
     return impl == "triton"
 
 
 def neuron_attention(q, k, v, impl: str = "auto", dropout: float = 0.0) -> torch.Tensor:
     """Dense neuron attention (see the module docstring); `dropout` on the attention weights."""
-    if _use_triton(impl, q, dropout, MAX_DENSE_NEURONS):
-        from .neuron_attention_triton import TritonNeuronAttention
+    if _use_triton(impl, q, MAX_DENSE_NEURONS):
+        from .neuron_attention_triton import TritonNeuronAttention, draw_seed
 
-        return TritonNeuronAttention.apply(q, k, v)
+        return TritonNeuronAttention.apply(q, k, v, dropout, draw_seed() if dropout > 0.0 else 0)
     return neuron_attention_reference(q, k, v, dropout)
 
 
 def topk_neuron_attention(q, k, v, idx, impl: str = "auto", dropout: float = 0.0) -> torch.Tensor:
     """Top-k neuron attention (see the module docstring); `dropout` on the attention weights."""
-    if _use_triton(impl, q, dropout):
-        from .neuron_attention_triton import TritonTopKAttention
+    if _use_triton(impl, q):
+        from .neuron_attention_triton import TritonTopKAttention, draw_seed
 
-        return TritonTopKAttention.apply(q, k, v, idx)
+        return TritonTopKAttention.apply(q, k, v, idx, dropout, draw_seed() if dropout > 0.0 else 0)
     return topk_attention_reference(q, k, v, idx, dropout)

@@ -34,15 +34,13 @@ Implementations (`selective_scan(..., impl=...)` is the single dispatch models c
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import importlib.util
-import warnings
-from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from .cpu_extension import cpu_extension_available, load_cpu_extension
 
 # Elements of one per-step state tensor [B, chunks, d_tile, S] in the chunked path: small
 # enough that a step's handful of temporaries stays in a core's L2 cache.
@@ -304,31 +302,13 @@ def selective_scan_chunked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
     return (y, last) if return_last_state else y
 
 
-@functools.cache
 def _cpp_extension():
-    """The fused C++ scan, compiled on first use (cached by torch in ~/.cache/torch_extensions;
-    concurrent processes wait on torch's build lock). The build is named after the source's path
-    and content, so checkouts and edited copies each keep their own build instead of rebuilding
-    one shared folder in turn."""
-    from torch.utils.cpp_extension import load
-
-    source = Path(__file__).with_name("selective_scan_cpu.cpp")
-    key = hashlib.sha1(str(source.resolve()).encode() + source.read_bytes()).hexdigest()[:12]
-    return load(name=f"neurograph_selective_scan_cpu_{key}", sources=[str(source)],
-                extra_cflags=["-O3", "-march=native", "-ffast-math"], verbose=False)
+    return load_cpu_extension("selective_scan_cpu.cpp")
 
 
-@functools.cache
 def cpp_scan_available() -> bool:
-    """True when the fused C++ scan builds here (a C++ compiler and ninja); otherwise warns
-    once, and "auto" falls back to the PyTorch chunked scan."""
-    try:
-        _cpp_extension()
-        return True
-    except Exception as err:  # no compiler, no ninja, a failed build: all mean "use PyTorch"
-        warnings.warn(f"fused C++ selective scan unavailable ({type(err).__name__}: {err}); "
-                      "using the PyTorch chunked scan", RuntimeWarning, stacklevel=2)
-        return False
+    """True when the fused C++ scan builds here (else "auto" takes the PyTorch chunked scan)."""
+    return cpu_extension_available("selective_scan_cpu.cpp")
 
 
 class CppSelectiveScan(torch.autograd.Function):

@@ -43,6 +43,14 @@ class LauncherConfig(BaseModel):
     ray: RayConfig = RayConfig()
 
 
+class ExportConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    chat_template: Optional[str] = Field(
+        None, description="Jinja chat template of the exported Hugging Face tokenizer (`neurograph export hf`; "
+                          "`--chat-template FILE` overrides it), used by `tokenizer.apply_chat_template`")
+
+
 class NeuroGraphConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,6 +60,7 @@ class NeuroGraphConfig(BaseModel):
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     tracking: TrackingConfig = TrackingConfig()
     launcher: LauncherConfig = LauncherConfig()
+    export: ExportConfig = ExportConfig()
 
     @property
     def world_size(self) -> int:

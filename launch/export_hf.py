@@ -154,7 +154,8 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 def export_hf(run_dir: str | Path, out: str | Path, checkpoint: str = "latest", dtype: str = "fp32",
               overwrite: bool = False, chat_template: Optional[str] = None, max_shard_size: str = "5GB") -> Path:
-    """Export a run's checkpoint as a Hugging Face folder `out`; returns `out`."""
+    """Export a run's checkpoint as a Hugging Face folder `out`; returns `out`. The tokenizer's chat
+    template is `chat_template` when given, else the run's `export.chat_template`."""
     from data_pipeline import load_manifest
     from trainer.checkpoint import CheckpointManager
 
@@ -182,7 +183,8 @@ def export_hf(run_dir: str | Path, out: str | Path, checkpoint: str = "latest", 
         raise ConfigError(_describe_bad_checkpoint(run_dir / "checkpoints" / tag, err)) from None
 
     manifest = load_manifest(cfg.data.path)
-    tokenizer = hf_tokenizer(cfg.data.path, manifest, chat_template)
+    template = cfg.export.chat_template if chat_template is None else chat_template
+    tokenizer = hf_tokenizer(cfg.data.path, manifest, template)
     special_ids = {role: manifest["tokenizer"].get(f"{role}_id") for role in ("bos", "eos", "pad")}
     save_hf_model(model, cfg.model.model_dump(), out, dtype, special_ids, max_shard_size)
     tokenizer.save_pretrained(out)
@@ -267,7 +269,8 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
     hf.add_argument("--out", required=True, help="folder to write; must be empty or absent unless --overwrite")
     hf.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weight precision")
     hf.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
-    hf.add_argument("--chat-template", default=None, metavar="FILE", help="Jinja chat template for the tokenizer")
+    hf.add_argument("--chat-template", default=None, metavar="FILE",
+                    help="Jinja chat template for the tokenizer (default: the run's export.chat_template)")
     hf.add_argument("--max-shard-size", default="5GB", help="split weights into safetensors shards of this size")
     hf.add_argument("--mlflow", action="store_true", help="log the folder as artifact hf_model of the run's MLflow run")
     hf.add_argument("--register", default=None, metavar="NAME",

@@ -1,13 +1,15 @@
 """The tokenizer of a prepared data directory as a Hugging Face fast tokenizer
 (`PreTrainedTokenizerFast`, saved as tokenizer.json), lossless like the project's own:
 
-- char: one token per character (a WordLevel vocabulary over single characters, fused on decode);
+- char: one token per character (a WordLevel vocabulary over single characters, fused on decode),
+  ids laid out as data_pipeline's CharTokenizer does: its special tokens first, then the characters;
 - sentencepiece: the model's pieces and scores (Unigram) or its merges (BPE), whitespace as "▁",
   SentencePiece's word splitting, byte fallback;
 - any other kind whose file is a `tokenizers` JSON (byte-level BPE, a local tokenizer.json): that file.
 
 Special tokens come from manifest["tokenizer"]: `special_tokens` (token -> id) and
-`bos_id` / `eos_id` / `pad_id` when present.
+`bos_id` / `eos_id` / `pad_id` when present. Every kind is a transformers class, so
+`AutoTokenizer.from_pretrained(DIR)` needs no trust_remote_code (no tokenizer code is shipped).
 """
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ from transformers import PreTrainedTokenizerFast
 SPACE = "\u2581"  # SentencePiece's whitespace symbol
 
 
-def char_tokenizer(chars: list[str]) -> Tokenizer:
-    tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token="<unk>"))
+def char_tokenizer(chars: list[str], specials: list[str] = ()) -> Tokenizer:
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate([*specials, *chars])}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character
     tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return tok
 
 
@@ -68,7 +71,8 @@ def _backend_tokenizer(data_dir: Path, info: dict) -> Tokenizer:
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file {path} is missing")
     if info["kind"] == "char":
-        return char_tokenizer(json.loads(path.read_text())["vocab"])
+        data = json.loads(path.read_text())
+        return char_tokenizer(data["vocab"], data.get("specials", []))
     if info["kind"] == "sentencepiece":
         return sentencepiece_tokenizer(path.read_bytes())
     try:

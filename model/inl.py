@@ -33,8 +33,8 @@ from kernels.integrator import (INIT_RAW_BIAS, controller_activations, integrato
                                 integrator_step, use_fused_iterations)
 
 from .generation import generate
-from .layers import (MLP, CausalSelfAttention, KVCache, RotaryEmbedding, TokenPositions, check_shapes,
-                     init_gpt_weights)
+from .layers import (MLP, CausalSelfAttention, Dropout, KVCache, RotaryEmbedding, TokenPositions,
+                     check_shapes, init_gpt_weights)
 from .registry import ModelConfig, register_model
 
 
@@ -364,7 +364,7 @@ class INLBlock(nn.Module):
         self.attn = CausalSelfAttention(cfg.d_model, cfg.n_head, cfg.dropout, cfg.bias, rotary)
         self.ln_int = nn.LayerNorm(cfg.d_model)
         self.integrator = IntegratorBranch(cfg, layer, own_controller=not cfg.shared_controller)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         if cfg.feedforward_dim > 0:
             self.ln_ffn = nn.LayerNorm(cfg.d_model)
             self.ffn = MLP(cfg.d_model, cfg.feedforward_dim, cfg.dropout, cfg.bias)
@@ -393,7 +393,7 @@ class INLModel(nn.Module):
         else:
             self.embed = TokenEmbedding(cfg.vocab_size, d)
         self.positions = TokenPositions(cfg.positions, cfg.max_seq_len, d, cfg.n_head)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.controller = IntegratorController(d, cfg.controller_rank, cfg.n_layer) if cfg.shared_controller else None
         self.blocks = nn.ModuleList(INLBlock(cfg, i, self.positions.rotary) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(d)

@@ -22,6 +22,7 @@ import torch.nn as nn
 from pydantic import Field, model_validator
 from torch.utils.checkpoint import checkpoint
 
+from .layers import Dropout
 from .mamba import MambaBlock, MambaState
 from .neuron_router import build_router
 from .recurrent import RecurrentGeneration
@@ -49,7 +50,7 @@ class INNConfig(ModelConfig):
     scan_chunk_size: int = Field(0, ge=0, description="chunked scan chunk length (0: from the shapes)")
     router_impl: Literal["auto", "reference", "triton"] = Field(
         "auto", description="neuron attention kernels of the dense/top-k/hierarchical routers: triton (auto: on CUDA "
-        "when installed and dropout is 0) or reference (PyTorch, for debugging)")
+        "when installed) or reference (PyTorch, for debugging)")
     checkpoint_layers: bool = Field(False, description="recompute each layer in backward (activation memory)")
 
     @model_validator(mode="after")
@@ -80,19 +81,18 @@ class INNLayer(nn.Module):
         self.router = build_router(cfg.routing, cfg.d_model, cfg.n_head, cfg.n_neurons, cfg.dropout,
                                    cfg.topk, cfg.topk_sketch_dim, cfg.group_size, cfg.router_impl)
         self.ln_route = nn.LayerNorm(cfg.d_model) if self.router is not None else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def route(self, h: torch.Tensor) -> torch.Tensor:
         """h [B, N, T, D] (or [B, N, D] for one step) -> h + Router(LN2(h))."""
         if self.router is None:
             return h
         m = self.ln_route(h)
-        if h.dim() == 4:
+        if h.dim() == 4:  # routed per time step: [B, N, T, D] -> [B*T, N, D] and back
             b, n, t, d = h.shape
-            r = self.router(m.transpose(1, 2).reshape(b * t, n, d)).view(b, t, n, d).transpose(1, 2)
-        else:
-            r = self.router(m)
-        return h + self.drop(r)
+            r = self.drop(self.router(m.transpose(1, 2).reshape(b * t, n, d)))  # dropout on the contiguous output
+            return h + r.view(b, t, n, d).transpose(1, 2)
+        return h + self.drop(self.router(m))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = h + self.drop(self.memory(self.ln_mem(h)))
@@ -115,7 +115,7 @@ class INN(RecurrentGeneration, nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.neuron_embed = (nn.Parameter(torch.randn(cfg.n_neurons, cfg.d_model) * 0.02)
                              if cfg.neuron_identity == "embedding" else None)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(INNLayer(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)

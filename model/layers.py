@@ -1,4 +1,4 @@
-"""Layers shared by the model families: causal self-attention with an optional KV cache,
+"""Layers shared by the model families: dropout, causal self-attention with an optional KV cache,
 rotary and sinusoidal positions, and the GELU MLP."""
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from kernels.dropout import dropout
 
 
 def check_shapes(d_model: int, n_head: int, rope: bool = False, group_size: int = 0) -> None:
@@ -19,6 +21,13 @@ def check_shapes(d_model: int, n_head: int, rope: bool = False, group_size: int 
         raise ValueError("rope needs an even head dimension")
     if group_size and d_model % group_size:
         raise ValueError(f"d_model {d_model} is not divisible by group_size {group_size}")
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout through kernels/dropout.py (on CPU a counter-based mask: nothing stored for backward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
 
 
 def init_gpt_weights(module: nn.Module) -> None:
@@ -114,7 +123,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.proj = nn.Linear(d_model, d_model, bias=bias)
         self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
         self.rotary = rotary
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
@@ -144,7 +153,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(d_model, d_ff, bias=bias)
         self.proj = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.proj(F.gelu(self.fc(x))))

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
+from .layers import Dropout
 from .recurrent import RecurrentGeneration
 from .registry import ModelConfig, register_model
 
@@ -27,7 +28,7 @@ class LSTMLanguageModel(RecurrentGeneration, nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.lstm = nn.LSTM(cfg.d_model, cfg.d_model, cfg.n_layer, batch_first=True,
                             dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
         nn.init.normal_(self.embed.weight, std=0.02)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernels.causal_conv1d import causal_conv1d_silu
 from kernels.selective_scan import selective_scan
 
 
@@ -52,10 +53,10 @@ class MambaBlock(nn.Module):
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
         self.n_neurons = n_neurons
         self.scan_impl, self.chunk_size = scan_impl, chunk_size
+        self.conv_impl = "reference" if scan_impl == "sequential" else "auto"  # the reference scan: all PyTorch
 
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
-        # Depthwise causal conv, stored as [(N,) d_inner, K]; applied as K shifted multiply-adds
-        # in [..., T, d_inner] layout (no transposes, per-neuron kernels by broadcasting).
+        # Depthwise causal conv + SiLU (kernels/causal_conv1d.py), kernel stored as [(N,) d_inner, K].
         conv_shape = (n_neurons, d_inner, d_conv) if per_neuron_conv else (d_inner, d_conv)
         bound = 1.0 / math.sqrt(d_conv)  # nn.Conv1d's default init for a depthwise kernel
         self.conv_weight = nn.Parameter(torch.empty(conv_shape).uniform_(-bound, bound))
@@ -94,30 +95,13 @@ class MambaBlock(nn.Module):
         dt, B, C = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         return F.linear(dt, self.dt_proj.weight), B, C
 
-    def _conv_weight(self) -> torch.Tensor:
-        """Kernel as [(N, 1,) K, d_inner] so it broadcasts against [..., (N,) T, d_inner]."""
-        w = self.conv_weight.transpose(-1, -2)
-        return w[:, None] if w.dim() == 3 else w
-
-    def _conv_bias(self) -> Optional[torch.Tensor]:
-        b = self.conv_bias
-        return b[:, None] if (b is not None and b.dim() == 2) else b
-
     # -- full sequence -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, return_state: bool = False):
         """x [..., T, D] -> y [..., T, D], starting from a zero state; with `return_state`,
         also the MambaState after the last token (to continue with `step`)."""
         lead, t = x.shape[:-2], x.shape[-2]
         xi, z = self._in_proj(x).chunk(2, dim=-1)  # [..., T, d_inner] each
-        K = self.d_conv
-        w = self._conv_weight()  # [(N, 1,) K, d_inner]
-        padded = F.pad(xi, (0, 0, K - 1, 0))
-        xc = padded[..., K - 1 :, :] * w[..., K - 1, :]
-        for k in range(K - 1):  # in-place multiply-adds: one pass over [..., T, d_inner] per tap
-            xc.addcmul_(padded[..., k : k + t, :], w[..., k, :])
-        if self.conv_bias is not None:
-            xc += self._conv_bias()
-        xc = F.silu(xc)
+        xc = causal_conv1d_silu(xi, self.conv_weight, self.conv_bias, impl=self.conv_impl)  # [..., T, d_inner]
         dt, B, C = self._ssm_params(xc)
         flat = lambda v: v.reshape(-1, t, v.shape[-1]).transpose(1, 2)  # noqa: E731  [M, F, T]
         y = selective_scan(
@@ -129,7 +113,8 @@ class MambaBlock(nn.Module):
         out = self.out_proj(y.transpose(1, 2).reshape(*lead, t, self.d_inner))
         if not return_state:
             return out
-        conv = padded[..., -(K - 1):, :] if K > 1 else xi[..., :0, :]
+        K = self.d_conv
+        conv = F.pad(xi[..., max(0, t - (K - 1)):, :], (0, 0, max(0, K - 1 - t), 0))  # last K-1 inputs
         return out, MambaState(conv=conv.contiguous(), ssm=last.reshape(*lead, self.d_inner, self.d_state))
 
     # -- one token -------------------------------------------------------------------------------
@@ -141,10 +126,7 @@ class MambaBlock(nn.Module):
         """x [..., D] (one token per sequence) -> (y [..., D], new state). O(1) in sequence length."""
         xi, z = self._in_proj(x).chunk(2, dim=-1)  # [..., d_inner]
         window = torch.cat([state.conv, xi[..., None, :]], dim=-2)  # [..., K, d_inner]
-        w = self._conv_weight()
-        if w.dim() == 4:
-            w = w[:, 0]  # [N, K, d_inner] against window [B, N, K, d_inner]
-        xc = (window * w).sum(-2)
+        xc = (window * self.conv_weight.transpose(-1, -2)).sum(-2)  # kernel [(N,) K, d_inner]
         if self.conv_bias is not None:
             xc = xc + self.conv_bias
         xc = F.silu(xc)

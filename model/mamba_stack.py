@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
+from .layers import Dropout
 from .mamba import MambaBlock, MambaState
 from .recurrent import RecurrentGeneration
 from .registry import ModelConfig, register_model
@@ -35,7 +36,7 @@ class MambaStack(RecurrentGeneration, nn.Module):
         self.blocks = nn.ModuleList(
             MambaBlock(cfg.d_model, cfg.d_state, cfg.d_conv, cfg.expand, scan_impl=cfg.scan_impl,
                        chunk_size=cfg.scan_chunk_size) for _ in range(cfg.n_layer))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.ln_f = nn.LayerNorm(cfg.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
         with torch.no_grad():

@@ -8,8 +8,8 @@ import torch.nn as nn
 from pydantic import Field, model_validator
 
 from .generation import generate
-from .layers import (MLP, CausalSelfAttention, KVCache, RotaryEmbedding, TokenPositions, check_shapes,
-                     init_gpt_weights)
+from .layers import (MLP, CausalSelfAttention, Dropout, KVCache, RotaryEmbedding, TokenPositions,
+                     check_shapes, init_gpt_weights)
 from .registry import ModelConfig, register_model
 
 
@@ -54,7 +54,7 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.positions = TokenPositions(cfg.positions, cfg.max_seq_len, cfg.d_model, cfg.n_head)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, self.positions.rotary) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.apply(init_gpt_weights)

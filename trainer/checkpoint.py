@@ -10,11 +10,13 @@ Layout under `<run_dir>/checkpoints/`:
     .staging/           checkpoints being written; never read
 A crash while saving leaves only a partial directory in `.staging/`; `latest` and every
 published checkpoint stay intact. Nothing is unpickled without restriction: DeepSpeed's files
-are read through `WeightsOnlyCheckpointEngine` (torch.load(weights_only=True) with a few
+are read through a `WeightsOnlyCheckpointEngine` (torch.load(weights_only=True) with a few
 allow-listed DeepSpeed classes), whether the checkpoint was written here or downloaded.
+DeepSpeed is imported on first use: the launcher and the CLI tools import this module too.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -28,7 +30,6 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
 LATEST = "latest"
 PINNED = "pinned"
@@ -82,11 +83,17 @@ def safe_load(path: str | Path, map_location=None, mmap: bool = False):
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
-class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
-    """DeepSpeed's torch checkpoint engine, loading through `safe_load` instead of pickle."""
+@functools.cache
+def weights_only_engine_class() -> type:
+    """`WeightsOnlyCheckpointEngine`: DeepSpeed's torch checkpoint engine, loading through
+    `safe_load` instead of pickle."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-    def load(self, path: str, map_location=None):
-        return safe_load(path, map_location=map_location)
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            return safe_load(path, map_location=map_location)
+
+    return WeightsOnlyCheckpointEngine
 
 
 # ---- manifest ----------------------------------------------------------------------------
@@ -229,8 +236,9 @@ class CheckpointManager:
     def load(self, engine, tag: str) -> dict:
         """Collective. Restores engine (model, optimizer, scheduler) and RNG through the
         restricted unpickler; returns client state."""
-        if not isinstance(engine.checkpoint_engine, WeightsOnlyCheckpointEngine):
-            engine.checkpoint_engine = WeightsOnlyCheckpointEngine(engine._config)
+        engine_class = weights_only_engine_class()
+        if not isinstance(engine.checkpoint_engine, engine_class):
+            engine.checkpoint_engine = engine_class(engine._config)
         path, client_state = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
                                                     load_lr_scheduler_states=True)
         if path is None:

@@ -4,8 +4,9 @@ imported here: the repository leaves sys.path, the editable install's finder lea
 and an import hook records any attempt to import them.
 
     python hf_checker.py SPEC.json OUT_DIR
-SPEC: a list of cases {name, dir, dtype, held_ids, prompt_ids, prompt, paragraph}. Writes
-OUT_DIR/logits.safetensors (each case's logits on held_ids) and OUT_DIR/report.json."""
+SPEC: a list of cases {name, dir, dtype, held_ids, prompt_ids, prompt, paragraph[, chat, eos_id]}. Every
+tokenizer is loaded first, without trust_remote_code. Writes OUT_DIR/logits.safetensors (each case's
+logits on held_ids) and OUT_DIR/report.json."""
 import importlib.abc
 import importlib.util
 import json
@@ -38,7 +39,20 @@ sys.meta_path.insert(0, RefuseProject())
 
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, pipeline  # noqa: E402
+
+
+class ForceAt(LogitsProcessor):
+    """Forces `token` as the `step`-th generated token (counted from 0)."""
+
+    def __init__(self, prompt_len: int, step: int, token: int):
+        self.at, self.token = prompt_len + step, token
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] == self.at:
+            scores = torch.full_like(scores, -float("inf"))
+            scores[:, self.token] = 0.0
+        return scores
 
 
 @torch.no_grad()
@@ -55,11 +69,10 @@ def reorder_error(model, ids: list[int]) -> float:
     return (step - whole).abs().max().item()
 
 
-def check(case: dict) -> tuple[dict, torch.Tensor]:
+def check(case: dict, tok) -> tuple[dict, torch.Tensor]:
     dtype = torch.bfloat16 if case["dtype"] == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(case["dir"], trust_remote_code=True, dtype=dtype, use_safetensors=True)
-    tok = AutoTokenizer.from_pretrained(case["dir"], trust_remote_code=True)  # config.json is custom code
-    report = {"class": type(model).__name__}
+    report = {"class": type(model).__name__, "tokenizer_class": type(tok).__name__}
     with torch.no_grad():
         logits = model(torch.tensor([case["held_ids"]])).logits[0].float()
     if case["dtype"] == "bf16":
@@ -79,13 +92,23 @@ def check(case: dict) -> tuple[dict, torch.Tensor]:
     report["pipeline_text"] = generator(case["prompt"], max_new_tokens=8, do_sample=False)[0]["generated_text"]
     report["paragraph_ids"] = tok.encode(case["paragraph"], add_special_tokens=False)
     report["paragraph_decoded"] = tok.decode(report["paragraph_ids"])
+    if "chat" in case:
+        report["chat_text"] = tok.apply_chat_template(case["chat"], tokenize=False, add_generation_prompt=True)
+        report["chat_ids"] = tok.apply_chat_template(case["chat"], add_generation_prompt=True, return_dict=False)
+        # EOS produced at the 6th new token: the exported generation config alone must stop there
+        force = ForceAt(prompt.shape[1], 5, case["eos_id"])
+        report["eos_forced_ids"] = model.generate(prompt, max_new_tokens=48, do_sample=False,
+                                                  logits_processor=[force])[0].tolist()
     return report, logits
 
 
 def main(spec_file: str, out_dir: str) -> None:
     reports, logits = {}, {}
-    for case in json.loads(Path(spec_file).read_text()):
-        reports[case["name"]], logits[case["name"]] = check(case)
+    cases = json.loads(Path(spec_file).read_text())
+    tokenizers = [AutoTokenizer.from_pretrained(case["dir"]) for case in cases]  # no trust_remote_code
+    reports["_custom_code_for_tokenizers"] = sorted(m for m in sys.modules if m.startswith("transformers_modules"))
+    for case, tok in zip(cases, tokenizers):
+        reports[case["name"]], logits[case["name"]] = check(case, tok)
     reports["_imported"] = sorted({m.split(".")[0] for m in sys.modules} & set(BLOCKED)) + attempts
     save_file(logits, str(Path(out_dir) / "logits.safetensors"))
     (Path(out_dir) / "report.json").write_text(json.dumps(reports))

@@ -1,6 +1,7 @@
 """`neurograph export hf`: tiny models of every family trained through `neurograph train`
 (two processes, ZeRO-2; one also ZeRO-3), exported, then loaded by transformers alone in a fresh
-process (tests/export/hf_checker.py) and compared with the trained model and `neurograph generate`."""
+process (tests/export/hf_checker.py) and compared with the trained model and `neurograph generate`.
+The INL trains on data with the model card's role tokens and exports its config's chat template."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from data_pipeline import load_manifest
 from launch import cli
 from tests.conftest import corpus_text
 
@@ -28,10 +30,28 @@ ARCHS = {
     "mamba_stack": {"arch": "mamba_stack", "d_model": 32, "n_layer": 2, "d_state": 8},
     "lstm": {"arch": "lstm", "d_model": 32, "n_layer": 2, "dropout": 0.0},
 }
-SENTENCEPIECE_ARCH = "mamba_stack"  # trained on SentencePiece data, the others on characters
-HELD_BACK = corpus_text(chars=260_000)[250_000:]  # after the 200k characters the data holds
+SENTENCEPIECE_ARCH = "mamba_stack"  # trained on SentencePiece data, the INL on chat_data, the others on characters
+HELD_BACK = corpus_text(chars=260_000)[250_000:]  # after the 200k characters char_data holds
+MLFLOW_RUN = "lstm"  # the only run that tracks to MLflow (its store: sqlite in the run directory)
 PROMPT = "ROMEO:\nWhat"
 CHECKER = Path(__file__).with_name("hf_checker.py")
+REPO = Path(__file__).resolve().parents[2]
+INL_TEMPLATE = yaml.safe_load((REPO / "configs" / "inl_tiny.yaml").read_text())["export"]["chat_template"]
+CHAT = [{"role": "user", "content": "Who art thou?"}, {"role": "assistant", "content": "A tiny model."},
+        {"role": "user", "content": "Then speak!"}]
+CHAT_TEXT = "<USER> Who art thou?\n<ASSISTANT> A tiny model.\n<USER> Then speak!\n<ASSISTANT> "
+
+
+@pytest.fixture(scope="module")
+def chat_data(tmp_path_factory) -> Path:
+    """Characters, the INL card's role tokens and an EOS, prepared by `neurograph data prepare`."""
+    root = tmp_path_factory.mktemp("chat_data")
+    (root / "corpus.txt").write_text(corpus_text(chars=200_000))  # every character of the held-back text
+    assert cli.main(["data", "prepare", "--input", str(root / "corpus.txt"), "--out", str(root / "data"),
+                     "--tokenizer", "char", "--special-tokens", "<USER>,<ASSISTANT>,<SYSTEM>,<ERROR>",
+                     "--eos-token", "<|endoftext|>", "--seq-len", "64", "--val-fraction", "0.1",
+                     "--samples-per-shard", "32"]) == 0
+    return root / "data"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +59,7 @@ def sp_data(tmp_path_factory) -> Path:
     from data_pipeline import prepare_corpus
 
     root = tmp_path_factory.mktemp("sp_data")
-    (root / "corpus.txt").write_text(corpus_text(chars=200_000))
+    (root / "corpus.txt").write_text(corpus_text(chars=80_000))
     prepare_corpus([str(root / "corpus.txt")], root / "data", tokenizer="sentencepiece", vocab_size=400, seq_len=64,
                    val_fraction=0.1, samples_per_shard=16)
     return root / "data"
@@ -47,9 +67,11 @@ def sp_data(tmp_path_factory) -> Path:
 
 def _start_training(root: Path, name: str, model: dict, data: Path, zero_stage: int) -> subprocess.Popen:
     cfg = {"model": model, "data": {"path": str(data), "seq_len": 64},
-           "trainer": {"max_steps": 3, "micro_batch_size": 4, "lr": 3e-3, "num_processes": 2, "eval_every": 0, "eval_batches": 2,
-                       "log_every": 3, "seed": 7, "run_dir": str(root / name)},
-           "deepspeed": {"zero_stage": zero_stage}, "tracking": {"experiment": "export"}}
+           "export": {"chat_template": INL_TEMPLATE if model["arch"] == "inl" else None},
+           "trainer": {"max_steps": 3, "micro_batch_size": 4, "lr": 3e-3, "num_processes": 2, "eval_every": 0,
+                       "eval_batches": 1, "log_every": 3, "seed": 7, "run_dir": str(root / name)},
+           "deepspeed": {"zero_stage": zero_stage},
+           "tracking": {"experiment": "export", "enabled": name == MLFLOW_RUN}}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     with open(root / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([sys.executable, "-m", "launch.cli", "train", "--config", str(root / f"{name}.yaml")],
@@ -57,12 +79,12 @@ def _start_training(root: Path, name: str, model: dict, data: Path, zero_stage: 
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, char_data, sp_data) -> dict[str, Path]:
+def runs(tmp_path_factory, char_data, sp_data, chat_data) -> dict[str, Path]:
     """Run directories: every family with ZeRO-2, and the transformer with ZeRO-3 ("transformer_zero3"),
     trained concurrently."""
     root = tmp_path_factory.mktemp("runs")
-    jobs = {name: _start_training(root, name, model, sp_data if name == SENTENCEPIECE_ARCH else char_data, 2)
-            for name, model in ARCHS.items()}
+    data = {SENTENCEPIECE_ARCH: sp_data, "inl": chat_data}
+    jobs = {name: _start_training(root, name, model, data.get(name, char_data), 2) for name, model in ARCHS.items()}
     jobs["transformer_zero3"] = _start_training(root, "transformer_zero3", ARCHS["transformer"], char_data, 3)
     for name, proc in jobs.items():
         assert proc.wait(timeout=900) == 0, (root / f"{name}.log").read_text()[-4000:]
@@ -103,7 +125,7 @@ def exported(runs, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def checked(exported, reference, tmp_path_factory) -> tuple[dict, dict]:
+def checked(exported, reference, chat_data, tmp_path_factory) -> tuple[dict, dict]:
     """One fresh process checks every export: (report per case, logits per case)."""
     root = tmp_path_factory.mktemp("checked")
     cases = [{"name": name, "dir": str(path), "dtype": "bf16" if name.endswith("bf16") else "fp32",
@@ -111,10 +133,13 @@ def checked(exported, reference, tmp_path_factory) -> tuple[dict, dict]:
               "prompt_ids": reference[name.removesuffix("_bf16")]["prompt_ids"], "prompt": PROMPT,
               "paragraph": HELD_BACK[100:1600] + "  two  spaces,  end\n\n"}
              for name, path in exported.items()]
+    inl = next(c for c in cases if c["name"] == "inl")
+    inl.update(chat=CHAT, eos_id=load_manifest(chat_data)["tokenizer"]["eos_id"])
     (root / "spec.json").write_text(json.dumps(cases))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # stdin closed: transformers' "run custom code?" prompt (AutoTokenizer reads config.json) gets "no"
     proc = subprocess.run([sys.executable, str(CHECKER), str(root / "spec.json"), str(root)], capture_output=True,
-                          text=True, timeout=900, cwd=root, env=env)
+                          text=True, timeout=900, cwd=root, env=env, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return json.loads((root / "report.json").read_text()), load_file(str(root / "logits.safetensors"))
 
@@ -150,12 +175,33 @@ def test_generate_options(name, checked):
     assert report["pipeline_text"].startswith(PROMPT) and len(report["pipeline_text"]) > len(PROMPT)
 
 
-@pytest.mark.parametrize("name", ["transformer", SENTENCEPIECE_ARCH])  # characters, SentencePiece
+@pytest.mark.parametrize("name", ["transformer", SENTENCEPIECE_ARCH, "inl"])  # characters, SentencePiece, + specials
 def test_tokenizer_round_trip(name, checked, reference):
     report = checked[0][name]
     paragraph = HELD_BACK[100:1600] + "  two  spaces,  end\n\n"
     assert report["paragraph_decoded"] == paragraph
     assert report["paragraph_ids"] == reference[name]["tokenizer"].encode(paragraph)
+
+
+def test_tokenizers_load_without_remote_code(checked):
+    """`AutoTokenizer.from_pretrained(DIR)` without trust_remote_code: a transformers class, no custom code."""
+    report = checked[0]
+    assert report["_custom_code_for_tokenizers"] == []
+    assert {report[name]["tokenizer_class"] for name in report if not name.startswith("_")} == {"TokenizersBackend"}
+
+
+def test_inl_chat_template_and_eos(checked, reference, chat_data):
+    """The INL run's config carries configs/inl_tiny.yaml's chat template, which the export uses by
+    default; the role tokens are single ids; the exported generation config stops at EOS."""
+    report, tokenizer = checked[0]["inl"], reference["inl"]["tokenizer"]
+    manifest = load_manifest(chat_data)["tokenizer"]
+    user, assistant = manifest["special_tokens"]["<USER>"], manifest["special_tokens"]["<ASSISTANT>"]
+    assert report["chat_text"] == CHAT_TEXT
+    assert report["chat_ids"] == tokenizer.encode(CHAT_TEXT)
+    assert len(report["chat_ids"]) == len(CHAT_TEXT.replace("<USER>", "U").replace("<ASSISTANT>", "A"))
+    assert [i for i in report["chat_ids"] if i in (user, assistant)] == [user, assistant, user, assistant]
+    start = len(reference["inl"]["prompt_ids"])
+    assert report["eos_forced_ids"] == report["greedy_ids"][: start + 5] + [manifest["eos_id"]]
 
 
 def test_zero3_export_equals_zero2(checked):
@@ -221,7 +267,7 @@ def test_mlflow_artifact_and_registered_version(runs, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    run = runs["lstm"]
+    run = runs[MLFLOW_RUN]
     client = MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
     run_id = (run / "mlflow_run_id").read_text().strip()
     assert export(run, tmp_path / "hf", "--mlflow") == 0

@@ -1,11 +1,14 @@
 """The fused integrator iterations (kernels/integrator_triton.py) against the PyTorch reference:
 z_K and the gradient of every input, and adaptive stopping's masks and iteration counts, with
-outputs NaN-poisoned before each launch."""
+outputs NaN-poisoned before each launch. Both forms of the kernels run: the state kept in registers
+across iterations (D <= ON_CHIP_MAX_D, the default here) and the streamed tiles of wide D (forced by
+lowering ON_CHIP_MAX_D)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from kernels import integrator_triton
 from kernels.integrator import integrator_adaptive, integrator_iterations, integrator_iterations_reference
 from tests.kernels.conftest import assert_close
 
@@ -24,12 +27,21 @@ def _inputs(n, d, r, device, seed=0):
     return {k: v.to(device).requires_grad_() for k, v in x.items()}
 
 
-@pytest.mark.parametrize("n,d,r,K,excitation", [
-    (37, 70, 16, 3, "masked"),  # tokens and channels over several (partial) tiles; training excitation
-    (5, 33, 24, 2, None),       # rank not a power of two
-    (1, 5, 8, 1, "expected"),   # one token, one iteration, rank below the dot minimum; eval excitation
-])
-def test_triton_iterations_match_reference(n, d, r, K, excitation, triton_device, poisoned):
+@pytest.fixture(params=["on_chip", "streamed"])
+def state_form(request, monkeypatch):
+    """Which form of the kernels runs: "streamed" lowers ON_CHIP_MAX_D below every D tested."""
+    if request.param == "streamed":
+        monkeypatch.setattr(integrator_triton, "ON_CHIP_MAX_D", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("n,d,r,K,excitation,state_form", [
+    (37, 70, 16, 3, "masked", "on_chip"),   # tokens over several (partial) blocks; training excitation
+    (37, 70, 16, 2, "masked", "streamed"),  # channels over several tiles, the last partial
+    (5, 33, 24, 2, None, "on_chip"),        # rank not a power of two
+    (1, 5, 8, 1, "expected", "on_chip"),    # one token, one iteration, rank below the dot minimum; eval excitation
+], indirect=["state_form"])
+def test_triton_iterations_match_reference(n, d, r, K, excitation, state_form, triton_device, poisoned):
     x = _inputs(n, d, r, triton_device)
     g = torch.Generator().manual_seed(1)
     gout = torch.randn(n, d, generator=g).to(triton_device)
@@ -48,7 +60,7 @@ def test_triton_iterations_match_reference(n, d, r, K, excitation, triton_device
         assert_close(a, e, name=name)
 
 
-def test_triton_adaptive_stopping_masks(triton_device, poisoned):
+def test_triton_adaptive_stopping_masks(triton_device, poisoned, state_form):
     """Tokens stop at different iterations (evaluation excitation on); z and the counts equal the
     masked reference, which equals running each token alone for its own count."""
     x = {k: v.detach() for k, v in _inputs(21, 40, 16, triton_device, seed=2).items()}

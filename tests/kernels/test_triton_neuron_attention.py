@@ -1,12 +1,14 @@
 """The Triton neuron-graph attention (kernels/neuron_attention_triton.py), dense and top-k,
 against the PyTorch references: outputs and the gradients of q, k, v, on strided views like the
-routers pass, with outputs NaN-poisoned before each launch."""
+routers pass, with outputs NaN-poisoned before each launch; with attention dropout, against PyTorch
+attention that applies the kernels' own Philox mask."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from kernels.neuron_attention import neuron_attention, topk_neuron_attention
+from kernels.neuron_attention_triton import TritonNeuronAttention, TritonTopKAttention, attention_dropout_scale, draw_seed
 from tests.kernels.conftest import assert_close
 
 
@@ -39,3 +41,49 @@ def test_triton_topk_attention_matches_reference(m, n, h, hd, kk, triton_device,
     g = torch.Generator().manual_seed(2)
     idx = torch.stack([torch.randperm(n, generator=g)[:kk] for _ in range(m * n)]).view(m, n, kk).to(triton_device)
     _check(topk_neuron_attention, triton_device, m, n, h, hd, idx)
+
+
+def _dense_with_scale(q, k, v, drop):
+    """PyTorch dense attention whose probabilities [M, H, N, N] are multiplied by drop."""
+    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))  # [M, H, N, hd]
+    w = torch.softmax(qh @ kh.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1) * drop
+    return (w @ vh).transpose(1, 2)
+
+
+def _topk_with_scale(q, k, v, idx, drop):
+    """PyTorch top-k attention whose probabilities [M, N, H, k] are multiplied by drop."""
+    rows = torch.arange(q.shape[0], device=q.device)[:, None, None]
+    k_sel, v_sel = k[rows, idx], v[rows, idx]  # [M, N, k, H, hd]
+    w = torch.softmax((q[:, :, None] * k_sel).sum(-1) / q.shape[-1] ** 0.5, dim=2) * drop.transpose(2, 3)
+    return (w[..., None] * v_sel).sum(2)
+
+
+@pytest.mark.parametrize("routing", ["dense", "topk"])
+def test_triton_attention_dropout_matches_reference_with_its_mask(routing, triton_device, poisoned):
+    """With dropout 0.3 the kernels equal PyTorch attention with the kernels' own Philox mask
+    (attention_dropout_scale of the same seed), forward and backward (backward recomputes the mask);
+    the mask drops about 30% and differs between seeds; the dispatch draws its seed from torch's generator."""
+    m, n, h, hd, kk, p = 2, 17, 2, 8, 5, 0.3  # N over two query blocks
+    torch.manual_seed(0)
+    seed = draw_seed()
+    qkv, (q, k, v) = _qkv(m, n, h, hd, triton_device)
+    g = torch.Generator().manual_seed(2)
+    idx = torch.stack([torch.randperm(n, generator=g)[:kk] for _ in range(m * n)]).view(m, n, kk).to(triton_device)
+    if routing == "dense":
+        shape, fast, ref, dispatch = (m, h, n, n), TritonNeuronAttention.apply, _dense_with_scale, neuron_attention
+        args = (q, k, v)
+    else:
+        shape, fast, ref, dispatch = (m, n, h, kk), TritonTopKAttention.apply, _topk_with_scale, topk_neuron_attention
+        args = (q, k, v, idx)
+    drop = attention_dropout_scale(seed, p, shape, triton_device)
+    assert set(drop.unique().tolist()) == {0.0, torch.tensor(1 / (1 - p)).item()}
+    assert abs((drop == 0).float().mean().item() - p) < 0.05
+    assert not torch.equal(drop, attention_dropout_scale(seed + 1, p, shape, triton_device))
+    gy = torch.randn(m, n, h, hd, generator=g).to(triton_device)
+    results = []
+    for y in (ref(*args, drop), fast(*args, p, seed)):
+        results.append((y, *torch.autograd.grad((y * gy).sum(), qkv)[0].unbind(2)))
+    for a, e, name in zip(results[1], results[0], ("y", "grad q", "grad k", "grad v")):
+        assert_close(a, e, name=name)
+    torch.manual_seed(0)
+    assert torch.equal(dispatch(*args, impl="triton", dropout=p), results[1][0])

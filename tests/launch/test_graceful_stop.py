@@ -44,9 +44,10 @@ def stop_run(tmp_path, char_data, name: str, signals: list[int], *overrides: str
     with running(train_command(tmp_path, char_data, name, *COMMON, *overrides), log_path) as proc:
         wait_for(progressed, proc, log_path)
         started = time.monotonic()
-        for sig in signals:
+        for i, sig in enumerate(signals):
+            if i:
+                time.sleep(0.5)  # two signals at once would be delivered as one
             proc.send_signal(sig)
-            time.sleep(0.5)  # two signals at once would be delivered as one
         code = proc.wait(timeout=90)
         return code, time.monotonic() - started, seen, log_path.read_text()
 

@@ -22,7 +22,7 @@ import pytest
 
 from tests.launch.test_ray_cluster import (BIN, COMMON, REPO, STEPS, cluster_env, free_port, job_env, records,
                                            stop_group, submit_cmd, wait_http, write_config)
-from tests.trainer.runs import losses, running, train, wait_for
+from tests.trainer.runs import losses, running, seed_mlflow_store, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -93,8 +93,7 @@ def wait_until(condition, timeout: float, what: str) -> None:
         time.sleep(1)
 
 
-def test_two_node_cluster_spread_equal_losses_and_node_loss_recovery(tmp_path, char_data):
-    local = losses(train(tmp_path, char_data, "local", "trainer.num_processes=2", *COMMON))
+def test_two_node_cluster_spread_equal_losses_and_node_loss_recovery(tmp_path, char_data, local_losses):
     temp = tempfile.mkdtemp(prefix="ngray2")  # short: Ray's unix socket paths must fit 107 chars
     gcs, dashboard = free_port(), free_port()
     api = f"http://127.0.0.1:{dashboard}"
@@ -110,6 +109,7 @@ def test_two_node_cluster_spread_equal_losses_and_node_loss_recovery(tmp_path, c
 
         config = write_config(tmp_path, char_data, "multinode")
         run_dir = tmp_path / "multinode"
+        seed_mlflow_store(run_dir)
         log = tmp_path / "job.log"
         cmd = submit_cmd(config, *COMMON, "launcher.ray.placement_strategy=STRICT_SPREAD",
                          "launcher.ray.max_failures=2")
@@ -131,7 +131,7 @@ def test_two_node_cluster_spread_equal_losses_and_node_loss_recovery(tmp_path, c
         assert resumed and int(resumed.group(1)) >= 4, output[-8000:]  # the latest one Ray Train had received
         run = records(run_dir)
         assert [r["step"] for r in run] == list(range(1, STEPS + 1))
-        assert max(abs(a - b) for a, b in zip(losses(run), local)) < 1e-6, (losses(run), local)
+        assert max(abs(a - b) for a, b in zip(losses(run), local_losses)) < 1e-6, (losses(run), local_losses)
     finally:
         for node in reversed(nodes):
             node.stop()

@@ -20,7 +20,7 @@ def _mutation_module():
 def test_every_mutation_applies_cleanly():
     mod = _mutation_module()
     assert {m.family for m in mod.MUTATIONS} == set(mod.TESTS) == {
-        "transformer", "inn", "inl", "hf_inl", "mamba_stack", "lstm", "scan", "integrator"}
+        "transformer", "inn", "inl", "hf_inl", "mamba_stack", "lstm", "scan", "integrator", "cpu_kernels"}
     assert {m.kind for m in mod.MUTATIONS} >= {"return zeros", "drop a term", "swap an index", "skip the gate"}
     for m in mod.MUTATIONS:
         text = (ROOT / m.path).read_text()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .runs import TINY_TRANSFORMER, running, wait_for
+from .runs import TINY_TRANSFORMER, running, seed_mlflow_store, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +42,7 @@ class MLflowServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> None:
+        seed_mlflow_store(self.root)  # the named experiments of the tests take the server's artifact root
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         log = open(self.root / "server.log", "a")
         self.proc = subprocess.Popen(

@@ -1,0 +1,39 @@
+"""JIT-built C++ CPU kernels (torch.utils.cpp_extension): one loader shared by every op.
+
+Each source in kernels/ builds on first use (a C++ compiler and ninja; tens of seconds once, then
+cached by torch in ~/.cache/torch_extensions; concurrent processes wait on torch's build lock).
+A build is named after the source's path and content, so checkouts and edited copies each keep
+their own build instead of rebuilding one shared folder in turn.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import warnings
+from pathlib import Path
+
+
+@functools.cache
+def load_cpu_extension(source_name: str):
+    """The compiled module of kernels/`source_name` (raises when it cannot be built)."""
+    from torch.utils.cpp_extension import load
+
+    source = Path(__file__).with_name(source_name)
+    key = hashlib.sha1(str(source.resolve()).encode() + source.read_bytes()).hexdigest()[:12]
+    return load(name=f"neurograph_{source.stem}_{key}", sources=[str(source)],
+                extra_cflags=["-O3", "-march=native", "-ffast-math"], verbose=False)
+
+
+@functools.cache
+def cpu_extension_available(source_name: str) -> bool:
+    """True when kernels/`source_name` builds here; otherwise warns once (callers then take
+    their PyTorch path). A copy without its C++ sources (a Hugging Face export) quietly says no."""
+    if not Path(__file__).with_name(source_name).exists():
+        return False
+    try:
+        load_cpu_extension(source_name)
+        return True
+    except Exception as err:  # no compiler, no ninja, a failed build: all mean "use PyTorch"
+        warnings.warn(f"C++ kernel {source_name} unavailable ({type(err).__name__}: {err}); using PyTorch",
+                      RuntimeWarning, stacklevel=2)
+        return False

@@ -1,0 +1,105 @@
+"""The C++ CPU kernels beside their PyTorch references: the Mamba block's causal conv + SiLU
+(kernels/causal_conv1d.py) and the counter-based dropout (kernels/dropout.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from kernels import causal_conv1d as cc
+from kernels import dropout as dr
+from kernels.cpu_extension import cpu_extension_available
+
+pytestmark = pytest.mark.skipif(not (cpu_extension_available("causal_conv1d_cpu.cpp")
+                                     and cpu_extension_available("dropout_cpu.cpp")),
+                                reason="no C++ compiler: the PyTorch paths are the only ones")
+
+
+def _conv_case(lead, t, d, k, groups, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # x as the block passes it: the first half of in_proj's output (row stride 2d, not contiguous)
+    x = torch.randn(*lead, t, 2 * d, generator=g, dtype=dtype)[..., :d].requires_grad_()
+    wshape = (groups, d, k) if groups else (d, k)
+    w = torch.randn(wshape, generator=g, dtype=dtype).requires_grad_()
+    b = torch.randn(wshape[:-1], generator=g, dtype=dtype).requires_grad_()
+    return x, w, b
+
+
+@pytest.mark.parametrize("lead,t,d,k,groups", [
+    ((3,), 37, 70, 4, 0),       # odd sizes, channels not a multiple of the 64-lane block
+    ((2, 5), 13, 70, 4, 5),     # per-neuron kernels: x [B, N, T, d], weight [N, d, K]
+    ((4,), 1, 3, 4, 0),         # one step, shorter than the kernel
+    ((2,), 3, 130, 5, 0),       # T < K - 1 ... K: the causal padding's edge
+    ((1, 2), 300, 65, 2, 2),    # long, two groups
+])
+def test_conv_matches_reference_outputs_and_gradients(lead, t, d, k, groups):
+    x, w, b = _conv_case(lead, t, d, k, groups, torch.float64)
+    results = {}
+    for impl in ("reference", "cpp"):
+        y = cc.causal_conv1d_silu(x, w, b, impl=impl)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+        results[impl] = (y, *torch.autograd.grad((y * gy).sum(), (x, w, b)))
+    for name, want, got in zip(("y", "dx", "dweight", "dbias"), results["reference"], results["cpp"]):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_conv_reference_is_a_causal_depthwise_conv():
+    """The reference against torch's Conv1d (groups = channels, left padding K - 1)."""
+    x, w, b = _conv_case((2,), 11, 6, 4, 0, torch.float64)
+    conv = F.conv1d(F.pad(x.transpose(1, 2), (3, 0)), w[:, None, :], b, groups=6).transpose(1, 2)
+    torch.testing.assert_close(cc.causal_conv1d_silu(x, w, b, impl="reference"), F.silu(conv))
+
+
+def test_conv_float32_without_bias_and_dispatch():
+    x, w, _ = _conv_case((2, 3), 29, 40, 4, 0, torch.float32)
+    y_ref = cc.causal_conv1d_silu(x, w, None, impl="reference")
+    torch.testing.assert_close(cc.causal_conv1d_silu(x, w, None, impl="cpp"), y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cc.causal_conv1d_silu(x, w, None), y_ref, rtol=1e-5, atol=1e-6)  # auto: cpp
+    with pytest.raises(ValueError, match="impl 'cpp' needs"):
+        cc.causal_conv1d_silu(x.bfloat16(), w.bfloat16(), None, impl="cpp")
+    with pytest.raises(ValueError, match="unknown causal conv1d impl"):
+        cc.causal_conv1d_silu(x, w, None, impl="fast")
+
+
+def test_dropout_keeps_one_minus_p_scaled_and_backward_uses_the_same_mask():
+    x = torch.randn(1 << 20, dtype=torch.float64).requires_grad_()
+    y = dr.counter_dropout(x, 0.3, seed=12345)
+    kept = y != 0
+    assert abs(kept.double().mean().item() - 0.7) < 3e-3  # 1M draws: std 4.6e-4
+    torch.testing.assert_close(y[kept], x[kept] / 0.7)
+    (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert torch.equal(g != 0, kept) and torch.allclose(g[kept], torch.full_like(g[kept], 1 / 0.7))
+    # a pure function of (seed, index): same seed same mask; another seed an independent one
+    assert torch.equal(dr.counter_dropout(x, 0.3, seed=12345), y)
+    other = dr.counter_dropout(x, 0.3, seed=12346) != 0
+    assert abs((kept & other).double().mean().item() - 0.49) < 3e-3
+    # neighbouring elements are independent (no stripes from the index hash)
+    assert abs((kept[1:] & kept[:-1]).double().mean().item() - 0.49) < 3e-3
+
+
+def test_dropout_follows_the_generator_and_checkpoint_recomputes_the_same_mask():
+    x = torch.randn(64, 33).requires_grad_()
+    torch.manual_seed(0)
+    a = dr.dropout(x, 0.5, training=True)
+    torch.manual_seed(0)
+    assert torch.equal(dr.dropout(x, 0.5, training=True), a)
+    assert torch.equal(dr.dropout(x, 0.5, training=False), x)
+    # activation checkpointing recomputes the forward in backward: the gradient must see the mask
+    # the forward used (dropout on the input of a square, so the gradient is 2 * y * mask / (1 - p))
+    fn = lambda v: dr.dropout(v, 0.5, training=True).square()  # noqa: E731
+    torch.manual_seed(1)
+    y = checkpoint(fn, x, use_reentrant=False)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.manual_seed(1)
+    y_plain = fn(x)
+    (g_plain,) = torch.autograd.grad(y_plain.sum(), x)
+    assert torch.equal(y, y_plain) and torch.equal(g, g_plain)
+
+
+def test_dropout_elsewhere_is_torch_dropout():
+    x = torch.ones(10_000, dtype=torch.bfloat16)  # not a dtype of the C++ kernel
+    y = dr.dropout(x, 0.25, training=True).float()
+    kept = y != 0
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.75), rtol=1e-2)
+    assert abs(kept.float().mean().item() - 0.75) < 0.03
