@@ -41,7 +41,11 @@ def measure(config: str, variant: str, steps: int, micro_batch: int | None) -> d
     from trainer.acceleration import checkpoint_blocks, compile_blocks
 
     raw = yaml.safe_load((REPO / config).read_text())
-    model = build_model({**raw["model"], "vocab_size": VOCAB}).train()
+    # the variant alone decides recomputation (the INN config's own `checkpoint_layers` is switched off)
+    section = {**raw["model"], "vocab_size": VOCAB}
+    if "checkpoint_layers" in section:
+        section["checkpoint_layers"] = False
+    model = build_model(section).train()
     mode, compiled = VARIANTS[variant]
     checkpoint_blocks(model, mode)
     if compiled:
