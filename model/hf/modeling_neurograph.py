@@ -112,6 +112,17 @@ class _NeuroGraphPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: torch.nn.Module) -> None:
         """Every tensor comes from the weight files (the families initialise themselves)."""
 
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, cache: Optional[Cache] = None,
+                                      past_key_values: Optional[Cache] = None,
+                                      attention_mask: Optional[torch.Tensor] = None, use_cache: Optional[bool] = None,
+                                      **kwargs: Any) -> dict[str, Any]:
+        """Only what `forward` reads: the tokens the cache has not seen yet, the cache, the mask.
+        (transformers' generic version also inspects the forward's signature and builds position and
+        mask inputs these models do not take, every step.)"""
+        cache = cache if cache is not None else past_key_values
+        seen = cache.get_seq_length() if cache is not None else 0
+        return {"input_ids": input_ids[:, seen:], "cache": cache, "attention_mask": attention_mask, "use_cache": use_cache}
+
     @staticmethod
     def _check_mask(attention_mask: Optional[torch.Tensor]) -> None:
         if attention_mask is not None and not bool(attention_mask.all()):
