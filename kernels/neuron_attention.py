@@ -9,7 +9,7 @@ impl "reference" is PyTorch (scaled_dot_product_attention; for top-k a gather of
 keys/values, [M, N, k, H, hd]); "triton" the fused kernels of kernels/neuron_attention_triton.py
 (CUDA, or CPU under TRITON_INTERPRET=1), which read the picks through their indices and apply
 attention dropout inside (a Philox mask from a seed drawn from torch's CPU generator, so its
-draws differ from the reference's F.dropout); "auto" takes Triton on CUDA when it is installed
+draws differ from the reference's kernels/dropout.py); "auto" takes Triton on CUDA when it is installed
 and, for dense, N <= MAX_DENSE_NEURONS; the reference otherwise.
 """
 from __future__ import annotations
@@ -21,14 +21,22 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .dropout import dropout as apply_dropout
+
 ATTENTION_IMPLS = ("auto", "reference", "triton")
 MAX_DENSE_NEURONS = 256  # the dense Triton kernel holds all N keys of a problem in one tile
 
 
 def neuron_attention_reference(q, k, v, dropout: float = 0.0) -> torch.Tensor:
-    """q, k, v [M, N, H, hd] -> [M, N, H, hd], dense over the N neurons."""
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout)
-    return y.transpose(1, 2)
+    """q, k, v [M, N, H, hd] -> [M, N, H, hd], dense over the N neurons. Without dropout, fused
+    scaled_dot_product_attention; with it, the weights [M, H, N, N] spelled out and dropped by
+    kernels/dropout.py (SDPA's own dropout takes its unfused path and PyTorch's per-element
+    generator: ~1.4x slower forward + backward at inn_text8's shape)."""
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [M, H, N, hd]
+    if dropout == 0.0:
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+    w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    return (apply_dropout(w, dropout) @ v).transpose(1, 2)
 
 
 def topk_attention_reference(q, k, v, idx, dropout: float = 0.0) -> torch.Tensor:
@@ -36,7 +44,7 @@ def topk_attention_reference(q, k, v, idx, dropout: float = 0.0) -> torch.Tensor
     rows = torch.arange(q.shape[0], device=q.device)[:, None, None]
     k_sel, v_sel = k[rows, idx], v[rows, idx]  # [M, N, k, H, hd]
     logits = (q[:, :, None] * k_sel).sum(-1) / math.sqrt(q.shape[-1])  # [M, N, k, H]
-    w = F.dropout(torch.softmax(logits, dim=2), dropout, dropout > 0)
+    w = apply_dropout(torch.softmax(logits, dim=2), dropout)
     return (w[..., None] * v_sel).sum(2)
 
 

@@ -106,3 +106,36 @@ def test_dropout_elsewhere_is_torch_dropout():
     kept = y != 0
     assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.75), rtol=1e-2)
     assert abs(kept.float().mean().item() - 0.75) < 0.03
+
+
+@pytest.mark.parametrize("routing", ["dense", "topk"])
+def test_neuron_attention_drops_the_softmax_weights_with_the_counter_mask(routing):
+    """The CPU neuron attention with dropout equals attention whose softmax weights are multiplied
+    by the counter kernel's mask / (1 - p) for the same generator state, outputs and gradients."""
+    from kernels.neuron_attention import neuron_attention_reference, topk_attention_reference
+
+    g = torch.Generator().manual_seed(3)
+    M, N, H, hd, k, p = 5, 7, 2, 3, 4, 0.3
+    q, kk, v = (torch.randn(M, N, H, hd, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3))
+    idx = torch.stack([torch.randperm(N, generator=g)[:k] for _ in range(M * N)]).view(M, N, k)
+    if routing == "dense":
+        fn = lambda p_: neuron_attention_reference(q, kk, v, p_)  # noqa: E731
+        logits = torch.einsum("mihd,mjhd->mhij", q, kk) / hd ** 0.5  # [M, H, N, N]
+        weight_shape, expected = (M, H, N, N), lambda w: torch.einsum("mhij,mjhd->mihd", w, v)  # noqa: E731
+    else:
+        fn = lambda p_: topk_attention_reference(q, kk, v, idx, p_)  # noqa: E731
+        rows = torch.arange(M)[:, None, None]
+        k_sel, v_sel = kk[rows, idx], v[rows, idx]  # [M, N, k, H, hd]
+        logits = torch.einsum("mihd,mikhd->mikh", q, k_sel) / hd ** 0.5  # [M, N, k, H]
+        weight_shape, expected = (M, N, k, H), lambda w: torch.einsum("mikh,mikhd->mihd", w, v_sel)  # noqa: E731
+    softmax_dim = 3 if routing == "dense" else 2
+    torch.manual_seed(11)
+    y = fn(p)
+    torch.manual_seed(11)  # the same seed drawn: the mask the attention used, as mask / (1 - p)
+    scale = dr.dropout(torch.ones(weight_shape, dtype=torch.float64), p, training=True)
+    assert 0 < (scale == 0).sum() < scale.numel()
+    y_ref = expected(torch.softmax(logits, dim=softmax_dim) * scale)
+    torch.testing.assert_close(y, y_ref)
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(y, (q, kk, v), gy), torch.autograd.grad(y_ref, (q, kk, v), gy))
+    torch.testing.assert_close(fn(0.0), expected(torch.softmax(logits, dim=softmax_dim)))
