@@ -115,11 +115,18 @@ MUTATIONS = [
              "        pre += bias[:, None] if bias.dim() == 2 else bias", "        pass"),
     Mutation("dropout: backward draws another mask", "cpu_kernels", "swap an index", "kernels/dropout.py",
              "apply(grad.contiguous(), ctx.seed, ctx.p)", "apply(grad.contiguous(), ctx.seed + 1, ctx.p)"),
+    Mutation("neuron attention: dropout on the output, not the weights", "cpu_kernels", "swap an index",
+             "kernels/neuron_attention.py", "return (apply_dropout(w, dropout) @ v).transpose(1, 2)",
+             "return apply_dropout(w @ v, dropout).transpose(1, 2)"),
+    Mutation("top-k neuron attention: dropout skipped", "cpu_kernels", "skip the mask", "kernels/neuron_attention.py",
+             "    w = apply_dropout(torch.softmax(logits, dim=2), dropout)", "    w = torch.softmax(logits, dim=2)"),
     Mutation("conv (cpp): bias gradient dropped (rebuilds the C++ conv)", "cpu_kernels", "return zeros",
              "kernels/causal_conv1d_cpu.cpp", "            gw[s.K * s.d + j] += gp[j];", "            gw[s.K * s.d + j] += T(0);"),
     Mutation("scan (cpp): gate skipped (last: rebuilds the C++ scan)", "scan", "skip the gate", "kernels/selective_scan_cpu.cpp",
              "for (int64_t j = 0; j < DB; ++j) acc[j] *= st.z[j] * sigmoid(st.z[j]);",
              "for (int64_t j = 0; j < DB; ++j) acc[j] *= T(1);"),
+    Mutation("scan (cpp): odd states' partial sum dropped (rebuilds the C++ scan)", "scan", "drop a term",
+             "kernels/selective_scan_cpu.cpp", "y[j] += odd[j] + D[j] * u[j];", "y[j] += D[j] * u[j];"),
 ]
 
 
