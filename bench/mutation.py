@@ -122,7 +122,7 @@ MUTATIONS = [
              "    w = apply_dropout(torch.softmax(logits, dim=2), dropout)", "    w = torch.softmax(logits, dim=2)"),
     Mutation("conv (cpp): bias gradient dropped (rebuilds the C++ conv)", "cpu_kernels", "return zeros",
              "kernels/causal_conv1d_cpu.cpp", "            gw[s.K * s.d + j] += gp[j];", "            gw[s.K * s.d + j] += T(0);"),
-    Mutation("scan (cpp): gate skipped (last: rebuilds the C++ scan)", "scan", "skip the gate", "kernels/selective_scan_cpu.cpp",
+    Mutation("scan (cpp): gate skipped (rebuilds the C++ scan)", "scan", "skip the gate", "kernels/selective_scan_cpu.cpp",
              "for (int64_t j = 0; j < DB; ++j) acc[j] *= st.z[j] * sigmoid(st.z[j]);",
              "for (int64_t j = 0; j < DB; ++j) acc[j] *= T(1);"),
     Mutation("scan (cpp): odd states' partial sum dropped (rebuilds the C++ scan)", "scan", "drop a term",
