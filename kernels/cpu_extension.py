@@ -20,8 +20,11 @@ def load_cpu_extension(source_name: str):
 
     source = Path(__file__).with_name(source_name)
     key = hashlib.sha1(str(source.resolve()).encode() + source.read_bytes()).hexdigest()[:12]
+    # -fopenmp: at::parallel_for is header code that parallelises through `#pragma omp`; without
+    # the flag the pragma is ignored and every kernel runs on one thread.
     return load(name=f"neurograph_{source.stem}_{key}", sources=[str(source)],
-                extra_cflags=["-O3", "-march=native", "-ffast-math"], verbose=False)
+                extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                verbose=False)
 
 
 @functools.cache

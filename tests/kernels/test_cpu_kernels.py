@@ -139,3 +139,39 @@ def test_neuron_attention_drops_the_softmax_weights_with_the_counter_mask(routin
     gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
     torch.testing.assert_close(torch.autograd.grad(y, (q, kk, v), gy), torch.autograd.grad(y_ref, (q, kk, v), gy))
     torch.testing.assert_close(fn(0.0), expected(torch.softmax(logits, dim=softmax_dim)))
+
+
+def _on_threads(n, fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_kernels_run_on_torch_threads_with_the_one_thread_result():
+    """Built with OpenMP (at::parallel_for is `#pragma omp` in a header: without -fopenmp every
+    kernel silently ran on one thread), and the per-thread partial sums of the backward passes
+    (conv weight and bias, scan A, D and delta_bias) give the single-thread gradients."""
+    from kernels.cpu_extension import load_cpu_extension
+    from kernels.selective_scan import selective_scan
+
+    for source in ("causal_conv1d_cpu.cpp", "dropout_cpu.cpp", "selective_scan_cpu.cpp"):
+        with open(load_cpu_extension(source).__file__, "rb") as f:
+            assert b"GOMP_parallel" in f.read(), f"{source} was built without OpenMP"
+    g = torch.Generator().manual_seed(0)
+    x, w, b = _conv_case((6,), 40, 70, 4, 0, torch.float64)
+    u, delta, z = (torch.randn(6, 70, 40, generator=g, dtype=torch.float64).requires_grad_() for _ in range(3))
+    A = (-torch.rand(70, 5, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    B, C = (torch.randn(6, 5, 40, generator=g, dtype=torch.float64) for _ in range(2))
+    D, bias = (torch.randn(70, generator=g, dtype=torch.float64).requires_grad_() for _ in range(2))
+
+    def run():
+        y_conv = cc.causal_conv1d_silu(x, w, b, impl="cpp")
+        y_scan = selective_scan(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True, impl="cpp")
+        grads = torch.autograd.grad((y_conv.square().sum(), y_scan.square().sum()), (x, w, b, u, delta, z, A, D, bias))
+        return (y_conv, y_scan, *grads)
+
+    for one, two in zip(_on_threads(1, run), _on_threads(2, run)):
+        torch.testing.assert_close(two, one, rtol=1e-12, atol=1e-12)
