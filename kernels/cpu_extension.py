@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import sys
 import warnings
 from pathlib import Path
+
+
+# at::parallel_for is header code that parallelises through `#pragma omp`: without -fopenmp the
+# pragma is ignored and a kernel runs on one thread. Apple's clang has no -fopenmp (one thread there).
+_OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]
 
 
 @functools.cache
@@ -20,11 +26,8 @@ def load_cpu_extension(source_name: str):
 
     source = Path(__file__).with_name(source_name)
     key = hashlib.sha1(str(source.resolve()).encode() + source.read_bytes()).hexdigest()[:12]
-    # -fopenmp: at::parallel_for is header code that parallelises through `#pragma omp`; without
-    # the flag the pragma is ignored and every kernel runs on one thread.
     return load(name=f"neurograph_{source.stem}_{key}", sources=[str(source)],
-                extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                verbose=False)
+                extra_cflags=["-O3", "-march=native", "-ffast-math", *_OPENMP], extra_ldflags=_OPENMP, verbose=False)
 
 
 @functools.cache
