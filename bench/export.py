@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from launch.config import read_yaml  # noqa: E402
 from launch.export_hf import save_hf_model  # noqa: E402
 from model import build_model  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {"transformer": "transformer_text8", "inl": "inl_tiny", "inn": "inn_text8", "mamba_stack": "mamba_text8",
            "lstm": "lstm_text8"}
 DEFAULT_VOCAB = 8000  # `data prepare --vocab-size` default

@@ -1,5 +1,6 @@
 """The C++ CPU kernels beside their PyTorch references: the Mamba block's causal conv + SiLU
-(kernels/causal_conv1d.py) and the counter-based dropout (kernels/dropout.py)."""
+(kernels/causal_conv1d.py), the counter-based dropout (kernels/dropout.py) and its use in the CPU
+neuron attention, and all three C++ kernels (with the scan) on several threads."""
 from __future__ import annotations
 
 import sys
@@ -123,14 +124,15 @@ def test_neuron_attention_drops_the_softmax_weights_with_the_counter_mask(routin
     if routing == "dense":
         fn = lambda p_: neuron_attention_reference(q, kk, v, p_)  # noqa: E731
         logits = torch.einsum("mihd,mjhd->mhij", q, kk) / hd ** 0.5  # [M, H, N, N]
-        weight_shape, expected = (M, H, N, N), lambda w: torch.einsum("mhij,mjhd->mihd", w, v)  # noqa: E731
+        weight_shape, softmax_dim = (M, H, N, N), 3
+        expected = lambda w: torch.einsum("mhij,mjhd->mihd", w, v)  # noqa: E731
     else:
         fn = lambda p_: topk_attention_reference(q, kk, v, idx, p_)  # noqa: E731
         rows = torch.arange(M)[:, None, None]
         k_sel, v_sel = kk[rows, idx], v[rows, idx]  # [M, N, k, H, hd]
         logits = torch.einsum("mihd,mikhd->mikh", q, k_sel) / hd ** 0.5  # [M, N, k, H]
-        weight_shape, expected = (M, N, k, H), lambda w: torch.einsum("mikh,mikhd->mihd", w, v_sel)  # noqa: E731
-    softmax_dim = 3 if routing == "dense" else 2
+        weight_shape, softmax_dim = (M, N, k, H), 2
+        expected = lambda w: torch.einsum("mikh,mikhd->mihd", w, v_sel)  # noqa: E731
     torch.manual_seed(11)
     y = fn(p)
     torch.manual_seed(11)  # the same seed drawn: the mask the attention used, as mask / (1 - p)
