@@ -16,7 +16,7 @@ from pathlib import Path
 
 # at::parallel_for is header code that parallelises through `#pragma omp`: without -fopenmp the
 # pragma is ignored and a kernel runs on one thread. Apple's clang has no -fopenmp (one thread there).
-_OPENMP = [] if sys.platform == "darwin" else ["-fopenmp"]
+_OPENMP = () if sys.platform == "darwin" else ("-fopenmp",)
 
 
 @functools.cache
@@ -26,8 +26,11 @@ def load_cpu_extension(source_name: str):
 
     source = Path(__file__).with_name(source_name)
     key = hashlib.sha1(str(source.resolve()).encode() + source.read_bytes()).hexdigest()[:12]
+    # Fresh lists each call: torch appends its own flags to extra_ldflags in place, and a shared list
+    # would change the next build's flags (and so make torch rebuild whichever kernel loads next).
     return load(name=f"neurograph_{source.stem}_{key}", sources=[str(source)],
-                extra_cflags=["-O3", "-march=native", "-ffast-math", *_OPENMP], extra_ldflags=_OPENMP, verbose=False)
+                extra_cflags=["-O3", "-march=native", "-ffast-math", *_OPENMP], extra_ldflags=list(_OPENMP),
+                verbose=False)
 
 
 @functools.cache

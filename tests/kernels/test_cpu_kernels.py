@@ -3,6 +3,7 @@
 neuron attention, and all three C++ kernels (with the scan) on several threads."""
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -13,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from kernels import causal_conv1d as cc
 from kernels import dropout as dr
 from kernels.cpu_extension import cpu_extension_available
+from tests.conftest import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -179,3 +181,19 @@ def test_kernels_run_on_torch_threads_with_the_one_thread_result():
 
     for one, two in zip(_on_threads(1, run), _on_threads(2, run)):
         torch.testing.assert_close(two, one, rtol=1e-12, atol=1e-12)
+
+
+def test_a_kernel_builds_the_same_whichever_kernels_loaded_before_it():
+    """Every process loads the kernels in its own order; the build flags of one must not depend on
+    that order, or each process rebuilds (~45 s per kernel) what the last one built differently.
+    (Regression: torch extends `extra_ldflags` in place, and a shared flag list grew with every load.)"""
+    import subprocess
+
+    from kernels.cpu_extension import load_cpu_extension
+
+    so = load_cpu_extension("dropout_cpu.cpp").__file__
+    script = ("from kernels.cpu_extension import load_cpu_extension as load; "
+              "[load(s) for s in ('causal_conv1d_cpu.cpp', 'selective_scan_cpu.cpp', 'dropout_cpu.cpp')]")
+    before = os.stat(so).st_mtime_ns
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=600, cwd=REPO)
+    assert os.stat(so).st_mtime_ns == before, "dropout_cpu.cpp was rebuilt after other kernels loaded first"
