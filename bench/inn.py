@@ -1,6 +1,9 @@
 """INN benchmark: one table, every comparison measured side by side in this run.
 
-    .venv/bin/python bench/inn.py [--threads N] [--skip-memory]
+    .venv/bin/python bench/inn.py [--threads N] [--skip-memory] [--allocator jemalloc|system]
+
+Every section runs under the malloc CPU training gets (launch/allocator.py: jemalloc when found),
+the Transformer and the baselines included; `--allocator system` measures glibc's.
 
 (1) Achieved matmul FLOP/s of one AdamW training step, INN (configs/inn_text8.yaml as shipped,
     `checkpoint_layers` included) over a parameter-matched Transformer (d 256, 6 layers, FF 1024),
@@ -43,6 +46,7 @@ import yaml  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from kernels.selective_scan import selective_scan_chunked, selective_scan_cpp, selective_scan_ref  # noqa: E402
+from launch.allocator import ALLOCATORS, with_allocator  # noqa: E402
 from model import build_model, parse_model_config  # noqa: E402
 from model.neuron_router import build_router  # noqa: E402
 
@@ -280,14 +284,20 @@ def main():
     ap.add_argument("--authors-batch", type=int, default=1, help="batch for (2)")
     ap.add_argument("--authors-seq", type=int, default=128, help="sequence length for (2): (a) is memory-bound")
     ap.add_argument("--sections", default="1,2,3,4,5", help="comma-separated subset of 1-5")
+    ap.add_argument("--allocator", choices=ALLOCATORS, default="jemalloc",
+                    help="malloc of this run: the one `neurograph train` gives CPU workers (trainer.cpu_allocator)")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    env = with_allocator(dict(os.environ), args.allocator)
+    if env.get("LD_PRELOAD") != os.environ.get("LD_PRELOAD"):  # loaded at exec only: start again with it
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_step_child()
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}, "
+          f"malloc: {os.environ.get('LD_PRELOAD') or 'the C library'}", flush=True)
 
     rows = []  # (measure, INN, comparison, ratio, goal, met)
 

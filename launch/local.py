@@ -24,18 +24,20 @@ import torch
 
 from trainer.preemption import STOP_SIGNALS, clear_stop, exit_code
 
+from .allocator import with_allocator
 from .config import NeuroGraphConfig
 
 LAUNCHED_BY_NEUROGRAPH = "NEUROGRAPH_LOCAL_LAUNCHER"  # in the ranks' environment
 KILL_MARGIN_S = 15.0  # beyond the ranks' own grace period, before the launcher kills them
 
 
-def worker_env(num_processes: int) -> dict[str, str]:
+def worker_env(num_processes: int, allocator: str) -> dict[str, str]:
     env = {**os.environ, LAUNCHED_BY_NEUROGRAPH: "1"}
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
         # Share the cores between the ranks instead of oversubscribing them.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+        env = with_allocator(env, allocator)
     return env
 
 
@@ -96,7 +98,7 @@ def launch_local(cfg: NeuroGraphConfig, config_file: Path, resume: Optional[str]
            "-m", "launch.worker", str(config_file)]
     if resume is not None:
         cmd.append(f"--resume={resume}")
-    tree = ProcessTree(subprocess.Popen(cmd, env=worker_env(n), start_new_session=True),
+    tree = ProcessTree(subprocess.Popen(cmd, env=worker_env(n, cfg.trainer.cpu_allocator), start_new_session=True),
                        cfg.trainer.preemption_grace_s)
     previous = {sig: signal.signal(sig, tree.on_signal) for sig in STOP_SIGNALS}
     try:

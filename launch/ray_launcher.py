@@ -34,6 +34,7 @@ from typing import Optional
 
 from trainer.preemption import STOP_SIGNALS, Stopped, clear_stop, exit_code, request_stop
 
+from .allocator import with_allocator
 from .config import NeuroGraphConfig
 from .logs import VERBOSE_ENV, setup_logging, verbose
 
@@ -55,6 +56,7 @@ def worker_env(cfg: NeuroGraphConfig) -> dict[str, str]:
     if r.gpus_per_worker == 0:
         env["DS_ACCELERATOR"] = "cpu"
         env["OMP_NUM_THREADS"] = str(max(1, int(r.cpus_per_worker)))
+        env = with_allocator(env, cfg.trainer.cpu_allocator)  # Ray starts its workers with these
     return env
 
 

@@ -20,6 +20,7 @@ from trainer.preemption import Stopped, exit_code  # noqa: E402
 if _HIDE_MLFLOW:
     del sys.modules["mlflow"]
 
+from .allocator import malloc_in_use
 from .config import load_config
 from .local import LAUNCHED_BY_NEUROGRAPH
 from .logs import setup_logging
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", default=None, help="checkpoint to continue from: latest, a step or a tag")
     args = parser.parse_args(argv)
     setup_logging(rank=int(os.environ.get("RANK", 0)), fmt="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("neurograph.launch").info("malloc: %s", malloc_in_use())
     try:
         train(load_config(args.config), resume=args.resume)
     except Stopped as stopped:  # checkpointed on SIGINT/SIGTERM

@@ -44,6 +44,9 @@ class TrainerConfig(_Section):
         "none", description="recompute blocks in backward (torch.utils.checkpoint, non-reentrant): every block "
                             "(layers) or every k-th (every_k, k = activation_checkpointing_every)")
     activation_checkpointing_every: int = Field(2, gt=0, description="k of activation_checkpointing: every_k")
+    cpu_allocator: Literal["jemalloc", "system"] = Field(
+        "jemalloc", description="memory allocator of CPU training processes (launch/allocator.py): jemalloc, "
+                                "preloaded, reuses freed pages step after step; system: the C library's malloc")
     compile: bool = Field(False, description="torch.compile each block of the model (the whole model if it has no "
                                              "block list)")
     peak_tflops: Optional[float] = Field(None, gt=0, description="dense peak TFLOP/s of one device for train/mfu; "

@@ -2,6 +2,8 @@
 the config checks and `--resume-from` errors (all before anything starts)."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import yaml
 
@@ -32,6 +34,9 @@ def test_address_from_config_then_environment_then_local(config_file, monkeypatc
 def test_cpu_workers_get_the_cpu_accelerator_and_their_threads(config_file):
     env = worker_env(load_config(config_file, ["launcher.ray.cpus_per_worker=3"]))
     assert env["DS_ACCELERATOR"] == "cpu" and env["OMP_NUM_THREADS"] == "3"
+    if sys.platform == "linux":  # Ray execs its workers with these: jemalloc preloaded (launch/allocator.py)
+        assert "jemalloc" in env["LD_PRELOAD"]
+    assert "LD_PRELOAD" not in worker_env(load_config(config_file, ["trainer.cpu_allocator=system"]))
     assert "DS_ACCELERATOR" not in worker_env(load_config(config_file, ["launcher.ray.gpus_per_worker=1"]))
 
 

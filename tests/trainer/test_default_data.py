@@ -23,6 +23,8 @@ def test_demo_config_trains_on_default_prepared_data(tmp_path):
                            "trainer.max_steps=3", "trainer.log_every=1", "trainer.checkpoint_every=0",
                            "tracking.enabled=false"], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
+    if sys.platform == "linux":  # the ranks run on jemalloc (launch/allocator.py), and say so
+        assert "malloc: jemalloc (" in done.stderr, done.stderr[-4000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert math.isfinite(records[-1]["val/loss"]) and records[-1]["val/loss"] < math.log(manifest["tokenizer"]["vocab_size"]) + 0.5
