@@ -62,7 +62,7 @@ MUTATIONS = [
     Mutation("inn: dense router returns zeros", "inn", "return zeros", "model/neuron_router.py",
              "y = neuron_attention(*self.heads(m), self.impl,", "y = 0 * neuron_attention(*self.heads(m), self.impl,"),
     Mutation("mamba: gate skipped in the full-sequence path", "mamba_stack", "skip the gate", "model/mamba.py",
-             "flat(C), self.D.float(), flat(z),", "flat(C), self.D.float(), None,"),
+             "flat(C), D, flat(z), delta_bias=dt_bias", "flat(C), D, None, delta_bias=dt_bias"),
     Mutation("mamba: conv bias not passed", "mamba_stack", "drop a term", "model/mamba.py",
              "causal_conv1d_silu(xi, self.conv_weight, self.conv_bias,", "causal_conv1d_silu(xi, self.conv_weight, None,"),
     Mutation("mamba_stack: residual dropped", "mamba_stack", "drop a term", "model/mamba_stack.py",
@@ -127,6 +127,12 @@ MUTATIONS = [
              "for (int64_t j = 0; j < DB; ++j) acc[j] *= T(1);"),
     Mutation("scan (cpp): odd states' partial sum dropped (rebuilds the C++ scan)", "scan", "drop a term",
              "kernels/selective_scan_cpu.cpp", "y[j] += odd[j] + D[j] * u[j];", "y[j] += D[j] * u[j];"),
+    Mutation("inn (recomputed memory half): out_proj weight gradient zeroed", "inn", "return zeros", "model/mamba.py",
+             "out_grads = {block.out_proj.weight: g2.T @ y.reshape(-1, y.shape[-1]),",
+             "out_grads = {block.out_proj.weight: torch.zeros_like(block.out_proj.weight),"),
+    Mutation("scan (cpp): backward's forward output not gated (rebuilds the C++ scan)", "inn", "skip the gate",
+             "kernels/selective_scan_cpu.cpp", "yt[j] = in.z.p ? ys[j] * st.z[j] * sigmoid(st.z[j]) : ys[j];",
+             "yt[j] = ys[j];"),
 ]
 
 

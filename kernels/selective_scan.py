@@ -311,6 +311,23 @@ def cpp_scan_available() -> bool:
     return cpu_extension_available("selective_scan_cpu.cpp")
 
 
+def cpp_scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, chunk: int = 0):
+    """One call of the fused C++ forward in its time-major layout (see `CppSelectiveScan`; chunk 0:
+    the default): (y [B, T, d], chunk-start states [B, ceil(T/chunk), S, d], last state [B, d, S])."""
+    return _cpp_extension().forward(u, delta, A, B.contiguous(), C.contiguous(), D, z, delta_bias, delta_softplus,
+                                    chunk or _MAX_CHUNK)
+
+
+def cpp_scan_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, chunk: int, starts, gy,
+                      glast=None, with_output: bool = False):
+    """The fused C++ backward from `cpp_scan_forward`'s chunk-start states (the same chunk): (gu, gdelta,
+    gz, gA, gD, gdelta_bias, gB, gC, y), y the forward's output when `with_output` (else None), at no extra pass."""
+    *grads, y = _cpp_extension().backward(
+        u, delta, A, B.contiguous(), C.contiguous(), D, z, delta_bias, delta_softplus, chunk or _MAX_CHUNK, starts,
+        gy.contiguous(), None if glast is None else glast.contiguous(), with_output)
+    return (*grads, y if with_output else None)
+
+
 class CppSelectiveScan(torch.autograd.Function):
     """The whole scan in the fused C++ kernel: delta bias and softplus, the recurrence, the skip
     term D and the silu(z) gate. Time-major layout: u, delta, z [B, T, d] with contiguous
@@ -321,7 +338,7 @@ class CppSelectiveScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, chunk_size: Optional[int]):
         chunk = chunk_size or _MAX_CHUNK
         B, C = B.contiguous(), C.contiguous()
-        y, starts, last = _cpp_extension().forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
+        y, starts, last = cpp_scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, starts)
         ctx.options = (delta_softplus, chunk)
         return y, last
@@ -329,9 +346,8 @@ class CppSelectiveScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, glast):
         u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
-        gu, gdelta, gz, gA, gD, gbias, gB, gC = _cpp_extension().backward(
-            u, delta, A, B, C, D, z, delta_bias, *ctx.options, starts, gy.contiguous(),
-            None if glast is None else glast.contiguous())
+        gu, gdelta, gz, gA, gD, gbias, gB, gC, _ = cpp_scan_backward(
+            u, delta, A, B, C, D, z, delta_bias, *ctx.options, starts, gy, glast)
         return (gu, gdelta, gA, gB, gC, gD if D is not None else None, gz,
                 gbias if delta_bias is not None else None, None, None)
 
@@ -375,6 +391,15 @@ def cuda_scan_available() -> bool:
     return _mamba_ssm_scan is not None and torch.cuda.is_available()
 
 
+def resolve_scan_impl(impl: str, u: torch.Tensor) -> str:
+    """The implementation `selective_scan(..., impl)` runs for inputs like `u` ("auto" resolved)."""
+    if impl != "auto":
+        return impl
+    if u.is_cuda:
+        return "cuda" if _mamba_ssm_scan is not None else "triton" if triton_available() else "chunked"
+    return "cpp" if cpp_scan_available() else "chunked"
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, impl: str = "auto", chunk_size: Optional[int] = None):
     """The single dispatch point. impl: auto | sequential | chunked | cpp | cuda | triton. `chunk_size`:
@@ -382,11 +407,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     "auto" takes mamba-ssm's CUDA kernel when it imports and `u` is on a CUDA device, else the
     Triton scan when triton imports; on CPU the fused C++ scan when it builds, else the PyTorch
     chunked scan."""
-    if impl == "auto":
-        if u.is_cuda:
-            impl = "cuda" if _mamba_ssm_scan is not None else "triton" if triton_available() else "chunked"
-        else:
-            impl = "cpp" if cpp_scan_available() else "chunked"
+    impl = resolve_scan_impl(impl, u)
     if impl in ("cuda", "triton"):  # external kernels: validated here, before they run
         check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     if impl == "cuda":

@@ -182,9 +182,11 @@ void forward_kernel(const Inputs<T>& in, const Options& o, T* y, T* states, T* l
 }
 
 // Gradients; `part` holds per-thread sums over sequences: [threads, d, S + 2] = (dA, dD, d bias).
+// With `y` (not null) also the forward's output, from the states it recomputes anyway (a caller
+// that recomputes its layer in backward need not run the forward scan again for it).
 template <typename T>
 void backward_kernel(const Inputs<T>& in, const Options& o, const T* states, const T* gy, const T* glast,
-                     T* gu, T* gdelta, T* gz, T* part, T* gB, T* gC) {
+                     T* gu, T* gdelta, T* gz, T* part, T* gB, T* gC, T* y) {
   const int64_t L = o.L, d = o.d, S = o.S, K = o.K, nc = (L + K - 1) / K;
   const int64_t SB = S * DB;  // one state block
   at::parallel_for(0, o.Bz, 1, [&](int64_t b0, int64_t b1) {
@@ -232,7 +234,12 @@ void backward_kernel(const Inputs<T>& in, const Options& o, const T* states, con
                 hn[k] = dec[k] * hp[k] + st.x[j] * bs;
               }
             }
-            if (in.z.p) output(hn, Ct, blk.D, st.u, ys, S);  // the gate's input, for dz
+            if (!in.z.p && !y) continue;
+            output(hn, Ct, blk.D, st.u, ys, S);  // the gate's input, for dz
+            if (y) {
+              T* __restrict__ yt = y + (b * L + t) * d + c0;
+              for (int64_t j = 0; j < nb; ++j) yt[j] = in.z.p ? ys[j] * st.z[j] * sigmoid(st.z[j]) : ys[j];
+            }
           }
           for (int64_t t = t1 - 1; t >= t0; --t) {
             const Step<T> st = steps[t - t0];  // a local copy: visibly unaliased with the outputs
@@ -334,7 +341,7 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor u, torch::Tensor delta, t
                                          torch::Tensor C, c10::optional<torch::Tensor> D,
                                          c10::optional<torch::Tensor> z, c10::optional<torch::Tensor> delta_bias,
                                          bool softplus, int64_t chunk, torch::Tensor states, torch::Tensor gy,
-                                         c10::optional<torch::Tensor> glast) {
+                                         c10::optional<torch::Tensor> glast, bool with_output) {
   const Options o{u.size(0), u.size(1), u.size(2), A.size(1), chunk, softplus};
   auto gu = torch::empty({o.Bz, o.L, o.d}, u.options());
   auto gdelta = torch::empty({o.Bz, o.L, o.d}, u.options());
@@ -342,16 +349,18 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor u, torch::Tensor delta, t
   auto part = torch::zeros({at::get_num_threads(), o.d, o.S + 2}, u.options());
   auto gB = torch::zeros_like(B);
   auto gC = torch::zeros_like(C);
+  auto y = with_output ? torch::empty({o.Bz, o.L, o.d}, u.options()) : torch::Tensor();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_bwd", [&] {
     backward_kernel<scalar_t>(inputs<scalar_t>(u, delta, A, B, C, D, z, delta_bias), o,
                               states.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(),
                               glast ? glast->data_ptr<scalar_t>() : nullptr, gu.data_ptr<scalar_t>(),
                               gdelta.data_ptr<scalar_t>(), z ? gz.data_ptr<scalar_t>() : nullptr,
-                              part.data_ptr<scalar_t>(), gB.data_ptr<scalar_t>(), gC.data_ptr<scalar_t>());
+                              part.data_ptr<scalar_t>(), gB.data_ptr<scalar_t>(), gC.data_ptr<scalar_t>(),
+                              with_output ? y.data_ptr<scalar_t>() : nullptr);
   });
   auto sums = part.sum(0);  // [d, S + 2]
   return {gu, gdelta, gz, sums.narrow(1, 0, o.S).contiguous(), sums.select(1, o.S).contiguous(),
-          sums.select(1, o.S + 1).contiguous(), gB, gC};
+          sums.select(1, o.S + 1).contiguous(), gB, gC, y};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

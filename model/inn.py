@@ -98,6 +98,13 @@ class INNLayer(nn.Module):
         h = h + self.drop(self.memory(self.ln_mem(h)))
         return self.route(h)
 
+    def checkpointed(self, h: torch.Tensor) -> torch.Tensor:
+        """forward(h), recomputed in backward: each half keeps only its input (h; h after the
+        memory), and the memory half's backward runs neither the scan's forward nor out_proj again
+        (MambaBlock.recomputed)."""
+        h = h + self.drop(self.memory.recomputed(self.ln_mem, h))
+        return checkpoint(self.route, h, use_reentrant=False)
+
     def prefill(self, h: torch.Tensor) -> tuple[torch.Tensor, MambaState]:
         y, state = self.memory(self.ln_mem(h), return_state=True)
         return self.route(h + self.drop(y)), state
@@ -143,7 +150,7 @@ class INN(RecurrentGeneration, nn.Module):
         h = self._enter(self.embed(input_ids))
         for layer in self.layers:
             if self.cfg.checkpoint_layers and self.training and torch.is_grad_enabled():
-                h = checkpoint(layer, h, use_reentrant=False)
+                h = layer.checkpointed(h)
             else:
                 h = layer(h)
         return h

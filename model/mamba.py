@@ -20,8 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torch.utils.checkpoint import checkpoint
+
 from kernels.causal_conv1d import causal_conv1d_silu
-from kernels.selective_scan import selective_scan
+from kernels.selective_scan import cpp_scan_backward, cpp_scan_forward, resolve_scan_impl, selective_scan
 
 
 def no_weight_decay(param: nn.Parameter) -> nn.Parameter:
@@ -95,19 +97,29 @@ class MambaBlock(nn.Module):
         dt, B, C = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         return F.linear(dt, self.dt_proj.weight), B, C
 
+    def _scan_inputs(self, x: torch.Tensor):
+        """x [..., T, D] -> the conv input xi and the scan's inputs, each [..., T, F]: u (the conv
+        output), dt (before bias and softplus), z (the gate), B, C."""
+        xi, z = self._in_proj(x).chunk(2, dim=-1)  # [..., T, d_inner] each
+        xc = causal_conv1d_silu(xi, self.conv_weight, self.conv_bias, impl=self.conv_impl)  # [..., T, d_inner]
+        dt, B, C = self._ssm_params(xc)
+        return xi, xc, dt, z, B, C
+
+    def _scan_constants(self):
+        """A = -exp(A_log), D and the dt bias, in fp32 (the scan's compute type)."""
+        return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
+
     # -- full sequence -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, return_state: bool = False):
         """x [..., T, D] -> y [..., T, D], starting from a zero state; with `return_state`,
         also the MambaState after the last token (to continue with `step`)."""
         lead, t = x.shape[:-2], x.shape[-2]
-        xi, z = self._in_proj(x).chunk(2, dim=-1)  # [..., T, d_inner] each
-        xc = causal_conv1d_silu(xi, self.conv_weight, self.conv_bias, impl=self.conv_impl)  # [..., T, d_inner]
-        dt, B, C = self._ssm_params(xc)
+        xi, xc, dt, z, B, C = self._scan_inputs(x)
+        A, D, dt_bias = self._scan_constants()
         flat = lambda v: v.reshape(-1, t, v.shape[-1]).transpose(1, 2)  # noqa: E731  [M, F, T]
         y = selective_scan(
-            flat(xc), flat(dt), -torch.exp(self.A_log.float()), flat(B), flat(C), self.D.float(), flat(z),
-            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, return_last_state=return_state,
-            impl=self.scan_impl, chunk_size=self.chunk_size)
+            flat(xc), flat(dt), A, flat(B), flat(C), D, flat(z), delta_bias=dt_bias, delta_softplus=True,
+            return_last_state=return_state, impl=self.scan_impl, chunk_size=self.chunk_size)
         if return_state:
             y, last = y
         out = self.out_proj(y.transpose(1, 2).reshape(*lead, t, self.d_inner))
@@ -116,6 +128,16 @@ class MambaBlock(nn.Module):
         K = self.d_conv
         conv = F.pad(xi[..., max(0, t - (K - 1)):, :], (0, 0, max(0, K - 1 - t), 0))  # last K-1 inputs
         return out, MambaState(conv=conv.contiguous(), ssm=last.reshape(*lead, self.d_inner, self.d_state))
+
+    def recomputed(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """self(norm(x)) for training with recomputation in backward (activation checkpointing).
+        On the fused C++ scan only x and the scan's chunk-start states are kept, and backward runs
+        neither the scan's forward nor out_proj again (`_RecomputedMamba`); elsewhere (CUDA, other
+        scans, bf16) torch's checkpoint of the same."""
+        if (resolve_scan_impl(self.scan_impl, x) == "cpp" and x.dtype in (torch.float32, torch.float64)
+                and torch.is_grad_enabled()):
+            return _RecomputedMamba.apply(self, norm, x, *norm.parameters(), *self.parameters())
+        return checkpoint(lambda v: self(norm(v)), x, use_reentrant=False)
 
     # -- one token -------------------------------------------------------------------------------
     def init_state(self, batch_shape: tuple[int, ...], device=None, dtype=torch.float32) -> MambaState:
@@ -145,3 +167,55 @@ class MambaBlock(nn.Module):
         if self.adapter_up is not None:
             matmul += self.adapter_down.shape[-1] * (self.d_model + 2 * di)
         return 2 * matmul + 2 * di * self.d_conv + 9 * di * s + 2 * di
+
+
+class _RecomputedMamba(torch.autograd.Function):
+    """out = block(norm(x)) on the fused C++ scan, for training with recomputation. Saves x and the
+    scan's chunk-start states. Backward recomputes norm, in_proj, conv, x_proj and dt_proj (under
+    autograd, for their gradients), runs the scan's backward kernel from the saved states, which
+    also returns the scan output out_proj's weight gradient needs: the scan's forward and out_proj
+    run once per step instead of twice under a plain checkpoint."""
+
+    @staticmethod
+    def _scan_args(block: MambaBlock, x: torch.Tensor):
+        """The block's scan inputs for the C++ kernel: u, dt, z, B, C as [M, T, F] (time-major), and
+        A, D, dt bias in x's precision (fp32 ones promoted for fp64 x, as `selective_scan` does)."""
+        t = x.shape[-2]
+        _, *seqs = block._scan_inputs(x)
+        flat = [v.reshape(-1, t, v.shape[-1]) for v in seqs]  # u, dt, z, B, C
+        return flat, [c.to(x.dtype) for c in block._scan_constants()]
+
+    @staticmethod
+    def forward(ctx, block: MambaBlock, norm: nn.Module, x: torch.Tensor, *params: torch.Tensor):
+        chunk = block.chunk_size  # 0: the kernel's default, in backward as well
+        with torch.no_grad():
+            (u, dt, z, B, C), (A, D, bias) = _RecomputedMamba._scan_args(block, norm(x))
+            y, starts, _ = cpp_scan_forward(u, dt, A, B, C, D, z, bias, True, chunk)
+            out = block.out_proj(y.view(*x.shape[:-1], -1))
+        ctx.modules, ctx.chunk = (block, norm), chunk
+        ctx.save_for_backward(x, starts)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        block, norm = ctx.modules
+        x, starts = ctx.saved_tensors
+        params = (*norm.parameters(), *block.parameters())
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(ctx.needs_input_grad[2])
+            (u, dt, z, B, C), (A, D, bias) = _RecomputedMamba._scan_args(block, norm(x_in))
+        g2 = g.reshape(-1, g.shape[-1])  # [M T, D]
+        gy = (g2 @ block.out_proj.weight).view_as(u)  # out = y W^T (+ b)
+        gu, gdt, gz, gA, gD, gbias, gB, gC, y = cpp_scan_backward(
+            u.detach(), dt.detach(), A.detach(), B.detach(), C.detach(), D.detach(), z.detach(), bias.detach(),
+            True, ctx.chunk, starts, gy, with_output=True)
+        out_grads = {block.out_proj.weight: g2.T @ y.reshape(-1, y.shape[-1]), block.out_proj.bias: g2.sum(0)}
+        del gy, y  # [M T, d_inner] each: freed before the recomputed graph's backward
+        wanted = [v for v in (x_in, *params) if v.requires_grad]
+        found = iter(torch.autograd.grad((u, dt, z, B, C, A, D, bias), wanted, (gu, gdt, gz, gB, gC, gA, gD, gbias),
+                                         allow_unused=True))
+        grads = [next(found) if v.requires_grad else None for v in (x_in, *params)]
+        for i, p in enumerate(params, start=1):  # out_proj's own gradients: not in the recomputed graph
+            if p.requires_grad and (p is block.out_proj.weight or p is block.out_proj.bias):
+                grads[i] = out_grads[p]
+        return (None, None, *grads)

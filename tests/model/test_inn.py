@@ -258,3 +258,58 @@ def test_head_is_the_tied_projection_of_the_mean_over_distinct_neurons():
         h = model.neuron_states(ids)  # [B, N, T, D]
         assert (h - h[:, :1]).abs().amax().item() > 1e-3  # the neurons really differ
         torch.testing.assert_close(model(ids), model.ln_f(h.mean(1)) @ model.embed.weight.T, rtol=1e-6, atol=1e-6)
+
+
+def _loss_and_grads(model, ids, seed=7):
+    torch.manual_seed(seed)  # the same dropout draws in both models
+    loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("scan_impl,options", [
+    ("auto", {}),                                                        # the CPU default: the C++ scan
+    ("auto", dict(adapter_rank=2, per_neuron_conv=True, routing="topk")),  # every per-neuron option
+    ("chunked", {}),                                                     # no fused path: torch's checkpoint
+])
+def test_recomputed_layers_give_the_plain_models_loss_and_gradients(scan_impl, options):
+    """checkpoint_layers (the memory half recomputed by MambaBlock.recomputed: only its input and the
+    scan's chunk states kept, the scan output for out_proj's weight gradient taken from the scan's
+    backward) equals the model without recomputation: float64, dropout on, one parameter frozen."""
+    from kernels.selective_scan import cpp_scan_available
+
+    if scan_impl == "auto" and not cpp_scan_available():
+        pytest.fail("the C++ scan does not build here: the recomputed path is untested")
+    plain = small_inn(seed=3, dropout=0.1, scan_impl=scan_impl, **options).double().train()
+    for p in plain.parameters():  # away from the init (zero adapters, unit D) so every term matters
+        p.data.add_(torch.randn_like(p) * 0.05)
+    recomputed = small_inn(seed=3, dropout=0.1, scan_impl=scan_impl, checkpoint_layers=True, **options).double().train()
+    recomputed.load_state_dict(plain.state_dict())
+    for m in (plain, recomputed):
+        m.layers[1].ln_mem.weight.requires_grad_(False)
+    ids = torch.randint(0, 27, (2, 70), generator=torch.Generator().manual_seed(1))  # 70: a partial scan chunk
+    loss, grads = _loss_and_grads(plain, ids)
+    loss_r, grads_r = _loss_and_grads(recomputed, ids)
+    assert grads_r.keys() == grads.keys() and "layers.1.ln_mem.weight" not in grads
+    torch.testing.assert_close(loss_r, loss, rtol=1e-12, atol=0)
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_r[name], g, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_recomputed_layers_run_the_scan_forward_and_out_proj_once(monkeypatch):
+    """The point of MambaBlock.recomputed: a training step with checkpoint_layers runs each layer's
+    scan forward and out_proj once (torch's checkpoint of the whole block would run both twice)."""
+    import model.mamba as mamba
+    from kernels.selective_scan import cpp_scan_available
+
+    if not cpp_scan_available():
+        pytest.fail("the C++ scan does not build here: the recomputed path is untested")
+    scans = []
+    forward = mamba.cpp_scan_forward
+    monkeypatch.setattr(mamba, "cpp_scan_forward", lambda *a, **k: scans.append(1) or forward(*a, **k))
+    m = small_inn(checkpoint_layers=True, dropout=0.1).train()
+    out_proj = []
+    for layer in m.layers:
+        layer.memory.out_proj.register_forward_hook(lambda *_: out_proj.append(1))
+    _loss_and_grads(m, torch.randint(0, 27, (2, 33)))
+    assert len(scans) == len(out_proj) == len(m.layers)
