@@ -19,7 +19,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from torch.utils.checkpoint import checkpoint
 
 from kernels.causal_conv1d import causal_conv1d_silu
@@ -133,9 +132,9 @@ class MambaBlock(nn.Module):
         """self(norm(x)) for training with recomputation in backward (activation checkpointing).
         On the fused C++ scan only x and the scan's chunk-start states are kept, and backward runs
         neither the scan's forward nor out_proj again (`_RecomputedMamba`); elsewhere (CUDA, other
-        scans, bf16) torch's checkpoint of the same."""
-        if (resolve_scan_impl(self.scan_impl, x) == "cpp" and x.dtype in (torch.float32, torch.float64)
-                and torch.is_grad_enabled()):
+        scans, bf16, T = 0) torch's checkpoint of the same."""
+        if (resolve_scan_impl(self.scan_impl, x) == "cpp" and x.device.type == "cpu" and x.shape[-2] > 0
+                and x.dtype in (torch.float32, torch.float64) and torch.is_grad_enabled()):
             return _RecomputedMamba.apply(self, norm, x, *norm.parameters(), *self.parameters())
         return checkpoint(lambda v: self(norm(v)), x, use_reentrant=False)
 
