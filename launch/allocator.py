@@ -38,8 +38,8 @@ def find_jemalloc() -> Optional[str]:
 
 def with_allocator(env: dict[str, str], allocator: str) -> dict[str, str]:
     """`env` for a CPU training process, with jemalloc preloaded when `allocator` is "jemalloc"
-    (kept as it is when something already preloads jemalloc; glibc with a warning when it cannot be
-    found, or on macOS, whose allocator does not unmap like glibc's)."""
+    (kept as it is when something already preloads jemalloc, or off Linux, where LD_PRELOAD of a .so
+    does not apply; glibc with a warning when jemalloc cannot be found)."""
     if allocator not in ALLOCATORS:
         raise ValueError(f"unknown allocator {allocator!r}; choose from {ALLOCATORS}")
     if allocator == "system" or sys.platform != "linux" or "jemalloc" in env.get("LD_PRELOAD", ""):
