@@ -43,14 +43,13 @@ void forward_kernel(const T* x, const T* w, const T* bias, const Shape& s, T* ou
     T acc[DB];
     for (int64_t m = m0; m < m1; ++m) {
       const int64_t g = m % s.G;
-      for (int64_t c0 = 0; c0 < s.d; c0 += DB) {
-        const int64_t nb = std::min(DB, s.d - c0);
-        for (int64_t t = 0; t < s.T; ++t) {
+      for (int64_t t = 0; t < s.T; ++t)  // time outer: rows are read in order, each while it is cached
+        for (int64_t c0 = 0; c0 < s.d; c0 += DB) {
+          const int64_t nb = std::min(DB, s.d - c0);
           preactivation(x + m * s.sm + c0, w + g * s.K * s.d + c0, bias ? bias + g * s.d + c0 : nullptr, s, t, nb, acc);
           T* __restrict__ o = out + (m * s.T + t) * s.d + c0;
           for (int64_t j = 0; j < nb; ++j) o[j] = acc[j] * sigmoid(acc[j]);
         }
-      }
     }
   });
 }

@@ -19,6 +19,14 @@ inline uint32_t lowbias32(uint32_t x) {
   return x;
 }
 
+// One run of elements: o = x * scale where hash(base + k, high) clears the threshold, else 0.
+// A function of plain arguments (not inside parallel_for's lambda) so that GCC vectorises it.
+template <typename T>
+void apply_run(const T* __restrict__ x, T* __restrict__ o, uint32_t len, uint32_t base, uint32_t high,
+               uint32_t threshold, T scale) {
+  for (uint32_t k = 0; k < len; ++k) o[k] = lowbias32(lowbias32(base + k) ^ high) >= threshold ? x[k] * scale : T(0);
+}
+
 template <typename T>
 void apply_kernel(const T* x, T* out, int64_t n, uint64_t seed, double p) {
   const uint32_t lo = static_cast<uint32_t>(seed), hi = static_cast<uint32_t>(seed >> 32);
@@ -29,11 +37,8 @@ void apply_kernel(const T* x, T* out, int64_t n, uint64_t seed, double p) {
     // each and the inner loop is 32-bit arithmetic only.
     for (int64_t r0 = i0, r1; r0 < i1; r0 = r1) {
       r1 = std::min(i1, (r0 / 4096 + 1) * 4096);
-      const uint32_t base = static_cast<uint32_t>(r0) + lo, high = hi + static_cast<uint32_t>(r0 >> 32);
-      const uint32_t len = static_cast<uint32_t>(r1 - r0);
-      const T* __restrict__ xr = x + r0;
-      T* __restrict__ o = out + r0;
-      for (uint32_t k = 0; k < len; ++k) o[k] = lowbias32(lowbias32(base + k) ^ high) >= threshold ? xr[k] * scale : T(0);
+      apply_run(x + r0, out + r0, static_cast<uint32_t>(r1 - r0), static_cast<uint32_t>(r0) + lo,
+                hi + static_cast<uint32_t>(r0 >> 32), threshold, scale);
     }
   });
 }

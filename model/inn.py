@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 from pydantic import Field, model_validator
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from .layers import Dropout
 from .mamba import MambaBlock, MambaState
@@ -99,11 +99,22 @@ class INNLayer(nn.Module):
         return self.route(h)
 
     def checkpointed(self, h: torch.Tensor) -> torch.Tensor:
-        """forward(h), recomputed in backward: each half keeps only its input (h; h after the
-        memory), and the memory half's backward runs neither the scan's forward nor out_proj again
-        (MambaBlock.recomputed)."""
+        """forward(h), recomputed in backward: the memory half keeps only its input and runs neither
+        the scan's forward nor out_proj again (MambaBlock.recomputed); the router half keeps its
+        input and its q/k/v projections (`_keep_qkv`)."""
         h = h + self.drop(self.memory.recomputed(self.ln_mem, h))
-        return checkpoint(self.route, h, use_reentrant=False)
+        return checkpoint(self.route, h, use_reentrant=False, context_fn=self._keep_qkv)
+
+    def _keep_qkv(self):
+        """Selective checkpointing of the router half: its q/k/v projections' outputs are saved (the
+        bulk of the router's FLOPs), everything else (norm, attention, output projection) recomputed."""
+        weights = {m.qkv.weight.data_ptr() for m in self.router.modules() if hasattr(m, "qkv")} if self.router else set()
+
+        def policy(ctx, op, *args, **kwargs):
+            if op is torch.ops.aten.addmm.default and args[2].data_ptr() in weights:
+                return CheckpointPolicy.MUST_SAVE
+            return CheckpointPolicy.PREFER_RECOMPUTE
+        return create_selective_checkpoint_contexts(policy)
 
     def prefill(self, h: torch.Tensor) -> tuple[torch.Tensor, MambaState]:
         y, state = self.memory(self.ln_mem(h), return_state=True)

@@ -104,9 +104,11 @@ class MambaBlock(nn.Module):
         dt, B, C = self._ssm_params(xc)
         return xi, xc, dt, z, B, C
 
-    def _scan_constants(self):
-        """A = -exp(A_log), D and the dt bias, in fp32 (the scan's compute type)."""
-        return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
+    def _scan_constants(self, dtype: torch.dtype):
+        """A = -exp(A_log), D and the dt bias for inputs of `dtype`: in fp32 (the scan's compute type),
+        fp64 for fp64 inputs."""
+        dtype = torch.promote_types(dtype, torch.float32)
+        return -torch.exp(self.A_log.to(dtype)), self.D.to(dtype), self.dt_proj.bias.to(dtype)
 
     # -- full sequence -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, return_state: bool = False):
@@ -114,7 +116,7 @@ class MambaBlock(nn.Module):
         also the MambaState after the last token (to continue with `step`)."""
         lead, t = x.shape[:-2], x.shape[-2]
         xi, xc, dt, z, B, C = self._scan_inputs(x)
-        A, D, dt_bias = self._scan_constants()
+        A, D, dt_bias = self._scan_constants(x.dtype)
         flat = lambda v: v.reshape(-1, t, v.shape[-1]).transpose(1, 2)  # noqa: E731  [M, F, T]
         y = selective_scan(
             flat(xc), flat(dt), A, flat(B), flat(C), D, flat(z), delta_bias=dt_bias, delta_softplus=True,
@@ -168,6 +170,9 @@ class MambaBlock(nn.Module):
         return 2 * matmul + 2 * di * self.d_conv + 9 * di * s + 2 * di
 
 
+RECOMPUTE_ROWS = 32768  # sequence positions per slice of _RecomputedMamba's backward (~0.5 GB at D 256)
+
+
 class _RecomputedMamba(torch.autograd.Function):
     """out = block(norm(x)) on the fused C++ scan, for training with recomputation. Saves x and the
     scan's chunk-start states. Backward recomputes norm, in_proj, conv, x_proj and dt_proj (under
@@ -178,11 +183,11 @@ class _RecomputedMamba(torch.autograd.Function):
     @staticmethod
     def _scan_args(block: MambaBlock, x: torch.Tensor):
         """The block's scan inputs for the C++ kernel: u, dt, z, B, C as [M, T, F] (time-major), and
-        A, D, dt bias in x's precision (fp32 ones promoted for fp64 x, as `selective_scan` does)."""
+        A, D, dt bias in x's precision."""
         t = x.shape[-2]
         _, *seqs = block._scan_inputs(x)
         flat = [v.reshape(-1, t, v.shape[-1]) for v in seqs]  # u, dt, z, B, C
-        return flat, [c.to(x.dtype) for c in block._scan_constants()]
+        return flat, block._scan_constants(x.dtype)
 
     @staticmethod
     def forward(ctx, block: MambaBlock, norm: nn.Module, x: torch.Tensor, *params: torch.Tensor):
@@ -197,9 +202,29 @@ class _RecomputedMamba(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
+        """In slices of x's first axis of at most RECOMPUTE_ROWS positions each: the recomputed
+        activations and their gradients (several times x's size) exist for one slice at a time."""
         block, norm = ctx.modules
         x, starts = ctx.saved_tensors
         params = (*norm.parameters(), *block.parameters())
+        xb, gb = (x, g) if x.dim() > 2 else (x[None], g[None])  # a first axis to slice
+        n = min(xb.shape[0], math.ceil(x.numel() / x.shape[-1] / RECOMPUTE_ROWS))
+        per_index = starts.shape[0] // xb.shape[0]  # scan sequences per index of the first axis
+        grad_x, grads, lo = [], [None] * len(params), 0
+        for xs, gs in zip(xb.tensor_split(n), gb.tensor_split(n)):
+            hi = lo + xs.shape[0]
+            gx, g_params = _RecomputedMamba._slice_backward(ctx, block, norm, params, xs,
+                                                            starts[lo * per_index:hi * per_index], gs)
+            grad_x.append(gx)
+            grads = [a if b is None else b if a is None else a + b for a, b in zip(grads, g_params)]
+            lo = hi
+        if ctx.needs_input_grad[2]:
+            grad_x = (grad_x[0] if n == 1 else torch.cat(grad_x)).view_as(x)
+        return (None, None, grad_x if ctx.needs_input_grad[2] else None, *grads)
+
+    @staticmethod
+    def _slice_backward(ctx, block: MambaBlock, norm: nn.Module, params, x, starts, g):
+        """Gradients (of x or None, of each parameter or None) for one slice of the sequences."""
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(ctx.needs_input_grad[2])
             (u, dt, z, B, C), (A, D, bias) = _RecomputedMamba._scan_args(block, norm(x_in))
@@ -217,4 +242,4 @@ class _RecomputedMamba(torch.autograd.Function):
         for i, p in enumerate(params, start=1):  # out_proj's own gradients: not in the recomputed graph
             if p.requires_grad and (p is block.out_proj.weight or p is block.out_proj.bias):
                 grads[i] = out_grads[p]
-        return (None, None, *grads)
+        return grads[0], grads[1:]

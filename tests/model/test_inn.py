@@ -267,17 +267,22 @@ def _loss_and_grads(model, ids, seed=7):
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("scan_impl,options", [
-    ("auto", {}),                                                        # the CPU default: the C++ scan
-    ("auto", dict(adapter_rank=2, per_neuron_conv=True, routing="topk")),  # every per-neuron option
-    ("chunked", {}),                                                     # no fused path: torch's checkpoint
+@pytest.mark.parametrize("scan_impl,options,rows", [
+    ("auto", {}, None),                                                        # the CPU default: the C++ scan
+    ("auto", {}, 1),                                                           # its backward in slices
+    ("auto", dict(adapter_rank=2, per_neuron_conv=True, routing="topk"), 1),   # every per-neuron option
+    ("chunked", {}, None),                                                     # no fused path: torch's checkpoint
 ])
-def test_recomputed_layers_give_the_plain_models_loss_and_gradients(scan_impl, options):
+def test_recomputed_layers_give_the_plain_models_loss_and_gradients(scan_impl, options, rows, monkeypatch):
     """checkpoint_layers (the memory half recomputed by MambaBlock.recomputed: only its input and the
     scan's chunk states kept, the scan output for out_proj's weight gradient taken from the scan's
-    backward) equals the model without recomputation: float64, dropout on, one parameter frozen."""
+    backward, `rows` positions per backward slice; the router half keeps its q/k/v projections) equals
+    the model without recomputation: float64, dropout on, one parameter frozen."""
+    import model.mamba as mamba
     from kernels.selective_scan import cpp_scan_available
 
+    if rows is not None:
+        monkeypatch.setattr(mamba, "RECOMPUTE_ROWS", rows)  # 1: one slice per sequence of the batch
     if scan_impl == "auto" and not cpp_scan_available():
         pytest.fail("the C++ scan does not build here: the recomputed path is untested")
     plain = small_inn(seed=3, dropout=0.1, scan_impl=scan_impl, **options).double().train()
@@ -294,6 +299,26 @@ def test_recomputed_layers_give_the_plain_models_loss_and_gradients(scan_impl, o
     torch.testing.assert_close(loss_r, loss, rtol=1e-12, atol=0)
     for name, g in grads.items():
         torch.testing.assert_close(grads_r[name], g, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_recomputed_layers_keep_the_routers_qkv_projection():
+    """The router half of a recomputed layer saves its q/k/v projection's output (selective
+    checkpointing): that matmul runs once per layer and step, not again in backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    m = small_inn(checkpoint_layers=True, dropout=0.1).train()
+    qkv = {layer.router.qkv.weight.data_ptr() for layer in m.layers}
+    calls = []
+
+    class CountQKV(TorchDispatchMode):  # outermost: sees ops that run, not the ones served from the saved outputs
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.addmm.default and args[2].data_ptr() in qkv:
+                calls.append(1)
+            return func(*args, **(kwargs or {}))
+
+    with CountQKV():
+        _loss_and_grads(m, torch.randint(0, 27, (2, 33)))
+    assert len(calls) == len(m.layers)
 
 
 def test_recomputed_layers_run_the_scan_forward_and_out_proj_once(monkeypatch):
