@@ -186,8 +186,11 @@ def section_flops(batch: int, seq: int, rounds: int = 2):
     transformer = build_model(dict(arch="transformer", vocab_size=VOCAB, d_model=256, n_layer=6, n_head=4, d_ff=1024,
                                    max_seq_len=max(seq, 16), dropout=0.1))
     timed = {"Transformer": transformer, "INN": shipped_inn()}
-    flops = {"Transformer": step_flops(transformer, batch, seq),
-             "INN": step_flops(shipped_inn(checkpoint_layers=False), batch, seq)}
+    # Counted on one sequence and scaled: every op is per sequence, so the count is exactly linear in
+    # the batch, and the model without recomputation need not hold a whole batch's activations
+    # (~10 GB at 16x256, kept by the allocator beside section (5)'s child process).
+    flops = {"Transformer": batch * step_flops(transformer, 1, seq),
+             "INN": batch * step_flops(shipped_inn(checkpoint_layers=False), 1, seq)}
     best = dict.fromkeys(timed, math.inf)
     for _ in range(rounds):
         for name, model in timed.items():
