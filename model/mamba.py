@@ -183,7 +183,7 @@ class _RecomputedMamba(torch.autograd.Function):
     @staticmethod
     def _scan_args(block: MambaBlock, x: torch.Tensor):
         """The block's scan inputs for the C++ kernel: u, dt, z, B, C as [M, T, F] (time-major), and
-        A, D, dt bias in x's precision."""
+        A, D, dt bias in fp32 (fp64 for fp64 x)."""
         t = x.shape[-2]
         _, *seqs = block._scan_inputs(x)
         flat = [v.reshape(-1, t, v.shape[-1]) for v in seqs]  # u, dt, z, B, C
@@ -210,17 +210,18 @@ class _RecomputedMamba(torch.autograd.Function):
         xb, gb = (x, g) if x.dim() > 2 else (x[None], g[None])  # a first axis to slice
         n = min(xb.shape[0], math.ceil(x.numel() / x.shape[-1] / RECOMPUTE_ROWS))
         per_index = starts.shape[0] // xb.shape[0]  # scan sequences per index of the first axis
-        grad_x, grads, lo = [], [None] * len(params), 0
+        slice_grads, grads, lo = [], [None] * len(params), 0
         for xs, gs in zip(xb.tensor_split(n), gb.tensor_split(n)):
             hi = lo + xs.shape[0]
             gx, g_params = _RecomputedMamba._slice_backward(ctx, block, norm, params, xs,
                                                             starts[lo * per_index:hi * per_index], gs)
-            grad_x.append(gx)
+            slice_grads.append(gx)
             grads = [a if b is None else b if a is None else a + b for a, b in zip(grads, g_params)]
             lo = hi
+        grad_x = None
         if ctx.needs_input_grad[2]:
-            grad_x = (grad_x[0] if n == 1 else torch.cat(grad_x)).view_as(x)
-        return (None, None, grad_x if ctx.needs_input_grad[2] else None, *grads)
+            grad_x = (slice_grads[0] if n == 1 else torch.cat(slice_grads)).view_as(x)
+        return (None, None, grad_x, *grads)
 
     @staticmethod
     def _slice_backward(ctx, block: MambaBlock, norm: nn.Module, params, x, starts, g):
