@@ -12,7 +12,10 @@
 Without a CUDA device every row prints "not run". `--smoke` checks the script itself instead: tiny
 sizes on CPU, Triton through its interpreter, no torch.compile, one repeat (times meaningless).
 
-Usage: .venv/bin/python bench/kernels.py [--smoke] [--repeats N]
+Usage: .venv/bin/python bench/kernels.py [--smoke] [--repeats N] [--sections ops,training] [--impls eager,triton,...]
+                                         [--ops scan,integrator-128,...]
+(bench/gpu_check.sh runs the compiled rows last, one op per process: compiling the scan's 512-step loop
+took over 150 s on an H200.)
 """
 from __future__ import annotations
 
@@ -116,6 +119,15 @@ def attention_op(device, small: bool, topk: Optional[int]) -> Op:
     return Op(name, inputs, {"eager": ref, "compiled": torch.compile(ref), "triton": fast}, flops, 4 * 8 * m * n * h * hd)
 
 
+OPS = {  # name -> Op at the benchmark's shape (device, smoke)
+    "scan": scan_op,
+    "integrator-128": lambda device, small: integrator_op(device, small, 128),
+    "integrator-1728": lambda device, small: integrator_op(device, small, 1728),
+    "dense-attention": lambda device, small: attention_op(device, small, None),
+    "topk-attention": lambda device, small: attention_op(device, small, 8),
+}
+
+
 def sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
@@ -138,11 +150,14 @@ def forward_backward(impl, x):
     out.float().sum().backward()
 
 
-def op_rows(ops: list[Op], device, repeats: int, smoke: bool, peak_tbs: Optional[float], peak_tflops: Optional[float]):
+def op_rows(ops: list[Op], impls: set[str], device, repeats: int, smoke: bool, peak_tbs: Optional[float],
+            peak_tflops: Optional[float]):
     print(f"{'op':28} {'impl':10} {'ms':>9} {'GB/s':>8} {'% bw':>6} {'TFLOP/s':>8} {'% fp32':>7}")
     for op in ops:
         x = op.inputs()
         for name, impl in op.impls.items():
+            if name not in impls:
+                continue
             if smoke and name == "compiled":
                 print(f"{op.name:28} {name:10} {'not run (smoke)':>9}")
                 continue
@@ -196,7 +211,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on CPU through Triton's interpreter, to check the script")
     ap.add_argument("--repeats", type=int, default=10, help="timed repeats per row (best is reported)")
+    ap.add_argument("--sections", default="ops,training", help="comma-separated: ops (per-op rows), training (step rows)")
+    ap.add_argument("--impls", default="eager,compiled,triton,mamba-ssm", help="comma-separated impls of the op rows")
+    ap.add_argument("--ops", default=",".join(OPS), help="comma-separated ops of the op rows")
     args = ap.parse_args(argv)
+    choices = {"sections": ("ops", "training"), "impls": ("eager", "compiled", "triton", "mamba-ssm"), "ops": tuple(OPS)}
+    for arg, allowed in choices.items():
+        if not set(getattr(args, arg).split(",")) <= set(allowed):
+            ap.error(f"--{arg} {getattr(args, arg)!r}: comma-separated names from {','.join(allowed)}")
+    sections, impls = set(args.sections.split(",")), set(args.impls.split(","))
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     if device == "cpu" and not args.smoke:
         print("no CUDA device: every row not run (see BENCHMARKS.md); --smoke checks the script on CPU")
@@ -205,10 +228,11 @@ def main(argv=None):
     peak_tbs = next((bw for key, bw in PEAK_BANDWIDTH_TBS if key.lower() in name.lower()), None)
     print(f"device: {name}; peak {peak_tbs} TB/s, {table_peak_tflops(name, 'fp32')} fp32 TFLOP/s")
     repeats = 1 if args.smoke else args.repeats
-    ops = [scan_op(device, args.smoke), integrator_op(device, args.smoke, 128), integrator_op(device, args.smoke, 1728),
-           attention_op(device, args.smoke, None), attention_op(device, args.smoke, 8)]
-    op_rows(ops, device, repeats, args.smoke, peak_tbs, table_peak_tflops(name, "fp32"))
-    training_rows(device, repeats, args.smoke)
+    if "ops" in sections:
+        ops = [OPS[name](device, args.smoke) for name in args.ops.split(",")]
+        op_rows(ops, impls, device, repeats, args.smoke, peak_tbs, table_peak_tflops(name, "fp32"))
+    if "training" in sections:
+        training_rows(device, repeats, args.smoke)
 
 
 if __name__ == "__main__":

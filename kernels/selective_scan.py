@@ -12,11 +12,12 @@ final state h_T [B, d, S] (fp32, fp64 for fp64 inputs) used to start recurrent d
 Implementations (`selective_scan(..., impl=...)` is the single dispatch models call):
 - "sequential": `selective_scan_ref`, a plain loop over T, differentiable through autograd.
   It is the reference every other path is tested against.
-- "chunked": the pure-PyTorch CPU path. T is cut into chunks; a pass over the chunk length (all
+- "chunked": the pure-PyTorch path. T is cut into chunks; a pass over the chunk length (all
   chunks in parallel) gives each chunk's local end state, a short scan across chunks gives
   every chunk's true start state, and a second pass produces y. Channels are processed in
-  tiles so every per-step tensor [B, chunks, d_tile, S] stays cache-sized and the
-  [B, T, d, S] state is never held for the whole sequence. `ChunkedSelectiveScan`
+  tiles (`_channel_tiles`): on CPU every per-step tensor [B, chunks, d_tile, S] stays
+  cache-sized; on CUDA, where every op is a kernel launch, tiles are as wide as a memory budget
+  allows. The [B, T, d, S] state is never held for the whole sequence. `ChunkedSelectiveScan`
   (autograd.Function) saves only the chunk-start states and recomputes inside chunks in
   backward, where the gradient is the mirror-image reverse scan. The chunk length is picked
   from the shapes (`auto_chunk_size`): large batches take the longest chunks, small ones more.
@@ -46,6 +47,10 @@ from .cpu_extension import cpu_extension_available, load_cpu_extension
 # enough that a step's handful of temporaries stays in a core's L2 cache.
 _STEP_ELEMENTS = 1 << 16
 _MAX_CHUNK = 64
+# On CUDA: elements of one tile's whole-chunk tensors [L, B, chunks, d_tile, S] (1 GiB in fp32). The
+# CPU's cache-sized tiles cut bench/kernels.py's 256 x 512 x 512 scan into 256 tiles of 2 channels,
+# ~2 x 10^5 small kernels forward + backward (4.3 s on an H200, BENCHMARKS.md); this budget makes 4.
+_CUDA_TILE_ELEMENTS = 1 << 28
 
 try:  # the CUDA fast path (gpu extra); absent on CPU machines
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _mamba_ssm_scan  # type: ignore
@@ -163,9 +168,13 @@ def auto_chunk_size(b: int, t: int, d: int, s: int) -> int:
     return -(-t // nc)
 
 
-def _channel_tiles(b: int, nc: int, d: int, s: int):
-    """Channel ranges whose per-step state [B, nc, d_tile, S] stays cache-sized."""
-    tile = max(1, min(d, _STEP_ELEMENTS // max(1, b * nc * s)))
+def _channel_tiles(b: int, nc: int, d: int, s: int, chunk: int, device: torch.device):
+    """Channel ranges processed together: on CPU, each per-step state [B, nc, d_tile, S] stays
+    cache-sized; on CUDA, the tile's whole-chunk tensors [L, B, nc, d_tile, S] stay within
+    `_CUDA_TILE_ELEMENTS`."""
+    budget, per_channel = ((_CUDA_TILE_ELEMENTS, chunk * b * nc * s) if device.type == "cuda"
+                           else (_STEP_ELEMENTS, b * nc * s))
+    tile = max(1, min(d, budget // max(1, per_channel)))
     return [(i, min(d, i + tile)) for i in range(0, d, tile)]
 
 
@@ -255,7 +264,7 @@ class ChunkedSelectiveScan(torch.autograd.Function):
         starts = u.new_empty(b, nc, d, s)
         y = torch.empty_like(xc)
         last = u.new_empty(b, d, s)
-        for lo, hi in _channel_tiles(b, nc, d, s):
+        for lo, hi in _channel_tiles(b, nc, d, s, L, u.device):
             y[..., lo:hi], starts[:, :, lo:hi], last[:, lo:hi] = _chunk_forward(
                 xc[..., lo:hi].contiguous(), dc[..., lo:hi].contiguous(), A[lo:hi], Bc, Cc)
         ctx.save_for_backward(u, delta, A, B, C, starts)
@@ -275,7 +284,7 @@ class ChunkedSelectiveScan(torch.autograd.Function):
         gx, gdc = torch.empty_like(xc), torch.empty_like(dc)
         gA = torch.empty_like(A)
         gB, gC = torch.zeros_like(Bc), torch.zeros_like(Cc)
-        for lo, hi in _channel_tiles(b, nc, d, s):
+        for lo, hi in _channel_tiles(b, nc, d, s, L, u.device):
             tx, td, gA[lo:hi], tB, tC = _chunk_backward(
                 xc[..., lo:hi].contiguous(), dc[..., lo:hi].contiguous(), A[lo:hi], Bc, Cc,
                 starts[:, :, lo:hi].contiguous(), gyc[..., lo:hi].contiguous(),

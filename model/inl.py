@@ -64,8 +64,9 @@ class INLConfig(ModelConfig):
     lowrank_ratio: float = Field(0.125, gt=0.0, le=1.0)
     tie_embeddings: bool = Field(False, description="output head reuses the (low-rank) input embedding")
     integrator_impl: Literal["auto", "reference", "triton"] = Field(
-        "auto", description="K iterations with the controller in one Triton kernel (triton; auto: on CUDA when "
-        "installed) or the PyTorch loop (reference, for debugging). Traces and the convergence loss use the loop")
+        "auto", description="K iterations with the controller in one Triton kernel (triton, opt-in: slower than the "
+        "loop on an H200, see BENCHMARKS.md) or the PyTorch loop (reference; auto takes it). Traces and the "
+        "convergence loss use the loop")
     convergence_weight: float = Field(0.0, ge=0.0, description="weight of the auxiliary convergence loss: mean "
                                       "||z_k - z_(k-1)||^2 / D over k > min_iterations (training; "
                                       "`INLModel.aux_loss()`), 0 disables")

@@ -24,6 +24,7 @@ from model import build_model
 
 from .acceleration import accelerate
 from .checkpoint import CheckpointManager
+from .collectives import rank_device
 from .engine import initialize_engine
 from .mfu import Utilization
 from .nonfinite import NonFiniteError, NonFiniteGuard, reduce_step
@@ -78,8 +79,9 @@ def evaluate(engine, loader: StreamingTokenLoader, char_level: bool) -> dict[str
     """Mean validation loss per token over one pass of `loader`: every rank runs the same number
     of batches, and the padding rows that even out the last one (IGNORE_INDEX) count for nothing."""
     engine.eval()
-    total = torch.zeros(2, dtype=torch.float64)
+    total = torch.zeros(2, dtype=torch.float64, device=rank_device())
     for batch in loader:
+        batch = batch.to(total.device, non_blocking=True)
         targets = batch[:, 1:]
         logits = engine(batch[:, :-1].clamp(min=0))  # padding rows run as token 0, their targets are ignored
         loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
@@ -108,6 +110,7 @@ def train(cfg, resume: Optional[str] = None,
     the restarted rank 0 continues the MLflow run tagged with it.
     Returns the per-step records (rank 0's view; identical on every rank)."""
     rank, world = setup_distributed()
+    device = rank_device()  # batches go there; DeepSpeed puts the model there
     t = cfg.trainer
     run_dir = Path(t.run_dir)
     stop = GracefulStop(run_dir, t.preemption_grace_s).install()
@@ -163,9 +166,9 @@ def train(cfg, resume: Optional[str] = None,
         if skip is not None and step == skip[0]:
             loader.load_state_dict(skip[1])
             batches, skip = iter(loader), None
-        loss_sum = torch.zeros(())
+        loss_sum = torch.zeros((), device=device)
         for _ in range(t.grad_accum_steps):
-            batch = next(batches)  # [mb, T+1]
+            batch = next(batches).to(device, non_blocking=True)  # [mb, T+1]
             loss, objective = training_loss(engine, batch)
             engine.backward(objective)
             engine.step()

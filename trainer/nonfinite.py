@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint import CheckpointManager, step_of
+from .collectives import rank_device
 
 log = logging.getLogger("neurograph.trainer")
 
@@ -31,14 +32,14 @@ def reduce_step(loss: torch.Tensor, grad_norm: Optional[float]) -> tuple[float, 
     """One all-reduce: (this step's loss averaged over ranks, whether the loss and the gradient
     norm are finite on every rank)."""
     bad = not torch.isfinite(loss).item() or (grad_norm is not None and not math.isfinite(grad_norm))
-    both = torch.tensor([loss.detach().float().item(), float(bad)])
+    both = torch.tensor([loss.detach().float().item(), float(bad)], device=rank_device())
     dist.all_reduce(both)
     return both[0].item() / dist.get_world_size(), both[1].item() == 0
 
 
 def weights_finite(engine) -> bool:
     """Collective: whether every rank's model weights are all finite."""
-    bad = torch.tensor([float(any(not torch.isfinite(p).all() for p in engine.module.parameters()))])
+    bad = torch.tensor([float(any(not torch.isfinite(p).all() for p in engine.module.parameters()))], device=rank_device())
     dist.all_reduce(bad)
     return bad.item() == 0
 

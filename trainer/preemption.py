@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from .collectives import rank_device
+
 STOP_FILE = "STOP"  # in trainer.run_dir: holds the number of the signal to stop with
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -81,8 +83,7 @@ class GracefulStop:
             local = int(self.stop_file.read_text().strip() or signal.SIGTERM)
             self.signum = local
             self._arm_deadline(local)
-        device = torch.cuda.current_device() if dist.get_backend() == "nccl" else "cpu"
-        flag = torch.tensor([local], dtype=torch.int64, device=device)
+        flag = torch.tensor([local], dtype=torch.int64, device=rank_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() and not self.signum:  # another rank was signalled: this one keeps the same deadline
             self.signum = int(flag.item())

@@ -61,6 +61,18 @@ def test_fp32_matches_reference_without_optional_inputs(impl):
 def test_auto_chunk_size_matches_reference():
     assert ss.auto_chunk_size(512, 256, 512, 16) == 64  # big batch: the longest chunk allowed
     assert ss.auto_chunk_size(1, 2048, 64, 16) < 2048  # small batch: chunks run in parallel
+
+
+def test_chunked_channel_tiles_cover_every_channel_once_cache_sized_on_cpu_wide_on_cuda():
+    """The benchmark scan's shape (B 256, d 512, S 16, 8 chunks of 64): CPU tiles keep a step's
+    state at most _STEP_ELEMENTS; CUDA tiles keep a tile's chunk tensors within _CUDA_TILE_ELEMENTS."""
+    for device, per_channel, budget in (("cpu", 256 * 8 * 16, ss._STEP_ELEMENTS),
+                                        ("cuda", 64 * 256 * 8 * 16, ss._CUDA_TILE_ELEMENTS)):
+        tiles = ss._channel_tiles(256, 8, 510, 16, 64, torch.device(device))
+        assert [lo for lo, _ in tiles] == [0] + [hi for _, hi in tiles[:-1]] and tiles[-1][1] == 510
+        widths = [hi - lo for lo, hi in tiles]
+        assert max(widths) * per_channel <= budget < (max(widths) + 1) * per_channel
+    assert len(ss._channel_tiles(256, 8, 512, 16, 64, torch.device("cuda"))) == 4
     x = _inputs(2, 6, 3, 70)
     y_ref, last_ref = _run(ss.selective_scan_ref, x)
     y, last = _run(ss.selective_scan, x)  # impl auto, chunk size auto

@@ -40,6 +40,7 @@ def state_form(request, monkeypatch):
     (37, 70, 16, 2, "masked", "streamed"),  # channels over several tiles, the last partial
     (5, 33, 24, 2, None, "on_chip"),        # rank not a power of two
     (1, 5, 8, 1, "expected", "on_chip"),    # one token, one iteration, rank below the dot minimum; eval excitation
+    (20, 128, 64, 2, None, "on_chip"),      # the tiny INL's width and rank (on a GPU its tiles must fit shared memory)
 ], indirect=["state_form"])
 def test_triton_iterations_match_reference(n, d, r, K, excitation, state_form, triton_device, poisoned):
     x = _inputs(n, d, r, triton_device)
