@@ -8,8 +8,8 @@
 //   pre[m, t, c] = bias[g, c] + sum_k weight[g, k, c] x[m, t - K + 1 + k, c]   (x = 0 before t = 0)
 //   out = silu(pre)
 // Channels are the vector lanes of every inner loop (blocks of DB); sequences are split across
-// threads. Backward recomputes `pre` instead of keeping it, and sums the weight and bias
-// gradients per thread.
+// threads; both passes run time outer. Backward recomputes `pre` instead of keeping it, and sums
+// the weight and bias gradients per thread.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -54,47 +54,45 @@ void forward_kernel(const T* x, const T* w, const T* bias, const Shape& s, T* ou
   });
 }
 
-// part [threads, G, K + 1, d]: per-thread sums of (d weight, d bias).
+// part [threads, G, K + 1, d]: per-thread sums of (d weight, d bias). Time outer, as in forward: at
+// step t, d pre[t] is formed and scattered into gx rows t - K + 1 .. t (row t starts there, rows
+// before it were started at most K - 1 steps ago, so they are still cached).
 template <typename T>
 void backward_kernel(const T* x, const T* w, const T* bias, const Shape& s, const T* gout, T* gx, T* part) {
   at::parallel_for(0, s.M, 1, [&](int64_t m0, int64_t m1) {
     T* mine = part + at::get_thread_num() * s.G * (s.K + 1) * s.d;
-    std::vector<T> gpbuf(s.T * DB);  // d loss / d pre of one block, all times
-    T acc[DB];
+    T acc[DB], gp[DB];
     for (int64_t m = m0; m < m1; ++m) {
       const int64_t g = m % s.G;
-      for (int64_t c0 = 0; c0 < s.d; c0 += DB) {
-        const int64_t nb = std::min(DB, s.d - c0);
-        const T* xm = x + m * s.sm + c0;
-        const T* wg = w + g * s.K * s.d + c0;
-        T* gw = mine + g * (s.K + 1) * s.d + c0;  // rows k < K: weight; row K: bias
-        for (int64_t t = 0; t < s.T; ++t) {
+      T* gxm = gx + m * s.T * s.d;
+      for (int64_t t = 0; t < s.T; ++t)
+        for (int64_t c0 = 0; c0 < s.d; c0 += DB) {
+          const int64_t nb = std::min(DB, s.d - c0), k0 = std::max<int64_t>(0, s.K - 1 - t);
+          const T* xm = x + m * s.sm + c0;
+          const T* wg = w + g * s.K * s.d + c0;
+          T* gw = mine + g * (s.K + 1) * s.d + c0;  // rows k < K: weight; row K: bias
           preactivation(xm, wg, bias ? bias + g * s.d + c0 : nullptr, s, t, nb, acc);
           const T* __restrict__ go = gout + (m * s.T + t) * s.d + c0;
-          T* __restrict__ gp = gpbuf.data() + t * DB;
+          T* __restrict__ gb = gw + s.K * s.d;
           for (int64_t j = 0; j < nb; ++j) {
             const T sg = sigmoid(acc[j]);
             gp[j] = go[j] * sg * (T(1) + acc[j] * (T(1) - sg));
-            gw[s.K * s.d + j] += gp[j];
+            gb[j] += gp[j];
           }
-          for (int64_t k = std::max<int64_t>(0, s.K - 1 - t); k < s.K; ++k) {
+          for (int64_t k = k0; k < s.K; ++k) {  // weight: gw[k] += gp[t] x[t - K + 1 + k]
             const T* __restrict__ xr = xm + (t - s.K + 1 + k) * s.st;
             T* __restrict__ gwk = gw + k * s.d;
             for (int64_t j = 0; j < nb; ++j) gwk[j] += gp[j] * xr[j];
           }
-        }
-        // gx[t] = sum_k w[k] gp[t + K - 1 - k]
-        for (int64_t t = 0; t < s.T; ++t) {
-          T* __restrict__ o = gx + (m * s.T + t) * s.d + c0;
-          std::fill(acc, acc + nb, T(0));
-          for (int64_t k = std::max<int64_t>(0, t + s.K - s.T); k < s.K; ++k) {
-            const T* __restrict__ gp = gpbuf.data() + (t + s.K - 1 - k) * DB;
+          const T* __restrict__ wl = wg + (s.K - 1) * s.d;  // input: gx[t - K + 1 + k] += w[k] gp[t]
+          T* __restrict__ o = gxm + t * s.d + c0;
+          for (int64_t j = 0; j < nb; ++j) o[j] = wl[j] * gp[j];
+          for (int64_t k = k0; k < s.K - 1; ++k) {
             const T* __restrict__ wk = wg + k * s.d;
-            for (int64_t j = 0; j < nb; ++j) acc[j] += wk[j] * gp[j];
+            T* __restrict__ r = gxm + (t - s.K + 1 + k) * s.d + c0;
+            for (int64_t j = 0; j < nb; ++j) r[j] += wk[j] * gp[j];
           }
-          std::copy(acc, acc + nb, o);
         }
-      }
     }
   });
 }
