@@ -4,7 +4,8 @@
 #  1. the test suite's CUDA paths: the Triton kernels compiled for the device against their references
 #     (mamba-ssm's comparisons where it is installed)
 #  2. bench/kernels.py's per-op rows (eager, Triton, mamba-ssm)
-#  3. bench/kernels.py's training-step rows, without and with the kernels (best of 2)
+#  3. bench/kernels.py's training-step rows, without and with the kernels (best of 2), and where each
+#     step with the kernels spends its device time (torch.profiler)
 #  4. the 1.1B INL (configs/inl_1.1b.yaml) at the micro-batch the planner says fits one GPU:
 #     steps/s, tokens/s, MFU, peak memory measured vs planned
 #  5. a scaled-down INL and INN, bf16, NCCL, world size 1, through `neurograph train` (train/mfu logged)
@@ -37,7 +38,7 @@ section "2. kernel rows" && {
 timeout 100 "$PY" bench/kernels.py --repeats 5 --sections ops --impls eager,triton,mamba-ssm 2>&1 | tee "$OUT/kernels.txt"
 }
 section "3. training-step rows" && {
-timeout 150 "$PY" bench/kernels.py --repeats 2 --sections training 2>&1 | tee "$OUT/training.txt"
+timeout 150 "$PY" bench/kernels.py --repeats 2 --sections training --profile 2>&1 | tee "$OUT/training.txt"
 }
 section "4. INL 1.1B on one GPU at the planner's micro-batch" && {
 timeout 100 "$PY" - "$OUT" <<'PYEOF'

@@ -13,7 +13,7 @@ Without a CUDA device every row prints "not run". `--smoke` checks the script it
 sizes on CPU, Triton through its interpreter, no torch.compile, one repeat (times meaningless).
 
 Usage: .venv/bin/python bench/kernels.py [--smoke] [--repeats N] [--sections ops,training] [--impls eager,triton,...]
-                                         [--ops scan,integrator-128,...]
+                                         [--ops scan,integrator-128,...] [--profile]
 (bench/gpu_check.sh runs the compiled rows last, one op per process: compiling the scan's 512-step loop
 took over 150 s on an H200.)
 """
@@ -60,8 +60,9 @@ def scan_op(device, small: bool) -> Op:
 
     def inputs():
         r = lambda *shape: torch.randn(*shape, device=device)  # noqa: E731
-        x = (r(b, d, t), 0.5 * r(b, d, t), -torch.rand(d, s, device=device), r(b, s, t), r(b, s, t), r(d), r(b, d, t),
-             r(d))
+        tm = lambda f, std=1.0: (std * r(b, t, f)).transpose(1, 2)  # noqa: E731  [B, F, T] over time-major memory
+        # the layout the models pass (MambaBlock: channels contiguous, so a step's channel loads are contiguous)
+        x = (tm(d), tm(d, 0.5), -torch.rand(d, s, device=device), tm(s), tm(s), r(d), tm(d), r(d))
         return tuple(v.requires_grad_() for v in x)
 
     def impl(name):
@@ -128,6 +129,17 @@ OPS = {  # name -> Op at the benchmark's shape (device, smoke)
 }
 
 
+def achievable_rates() -> tuple[float, float]:
+    """What this GPU reaches on the two simplest jobs, measured: a 2 GiB device copy (TB/s, bytes
+    read + written) and an 8192^3 fp32 matmul without TF32 (TFLOP/s)."""
+    src = torch.empty(2**29, device="cuda")
+    dst = torch.empty_like(src)
+    copy_s = best_time(lambda: dst.copy_(src), "cuda", 5)
+    a, b = torch.randn(8192, 8192, device="cuda"), torch.randn(8192, 8192, device="cuda")
+    matmul_s = best_time(lambda: a @ b, "cuda", 5)
+    return 2 * src.nbytes / copy_s / 1e12, 2 * 8192**3 / matmul_s / 1e12
+
+
 def sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
@@ -172,8 +184,9 @@ def op_rows(ops: list[Op], impls: set[str], device, repeats: int, smoke: bool, p
             print(f"{op.name:28} {name:10} {1e3 * t:9.3f} {gbs:8.1f} {bw:>6} {tflops:8.2f} {fl:>7}")
 
 
-def training_rows(device, repeats: int, smoke: bool):
-    """One AdamW step of each model, without and with the kernels."""
+def training_rows(device, repeats: int, smoke: bool, profile: bool):
+    """One AdamW step of each model, without and with the kernels; with `profile`, then the ops that
+    took the most device time in one step with the kernels (torch.profiler)."""
     inn = dict(vocab_size=27, dropout=0.1, checkpoint_layers=False)
     tiny = dict(vocab_size=65, d_model=128, n_layer=4, n_head=4, num_iterations=5, max_seq_len=128, controller_rank=64)
     wide = dict(vocab_size=32000, d_model=1728, n_layer=2, n_head=32, num_iterations=5, feedforward_dim=6912,
@@ -188,6 +201,7 @@ def training_rows(device, repeats: int, smoke: bool):
                                                                                           else {"feedforward_dim": 0}))),
                   off, on, (1, 8)) for name, cfg, off, on, _ in cases]
     print(f"\n{'training step':28} {'without ms':>11} {'with ms':>9} {'speed-up':>9}")
+    profiles = []
     for name, cfg, off, on, shape in cases:
         times = []
         for switches in (off, on):
@@ -205,12 +219,23 @@ def training_rows(device, repeats: int, smoke: bool):
 
             times.append(best_time(step, device, repeats))
         print(f"{name:28} {1e3 * times[0]:11.2f} {1e3 * times[1]:9.2f} {times[0] / times[1]:8.2f}x")
+        if profile:  # the model with the kernels is still `step`'s
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            activities += [torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else []
+            with torch.profiler.profile(activities=activities) as prof:
+                step()
+                sync(device)
+            order = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+            profiles.append(f"\n{name}, one step with the kernels:\n"
+                            + prof.key_averages().table(sort_by=order, row_limit=12, max_name_column_width=50))
+    print("".join(profiles), end="")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on CPU through Triton's interpreter, to check the script")
     ap.add_argument("--repeats", type=int, default=10, help="timed repeats per row (best is reported)")
+    ap.add_argument("--profile", action="store_true", help="after the training rows, each step's costliest ops")
     ap.add_argument("--sections", default="ops,training", help="comma-separated: ops (per-op rows), training (step rows)")
     ap.add_argument("--impls", default="eager,compiled,triton,mamba-ssm", help="comma-separated impls of the op rows")
     ap.add_argument("--ops", default=",".join(OPS), help="comma-separated ops of the op rows")
@@ -226,13 +251,17 @@ def main(argv=None):
         return
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke: times meaningless)"
     peak_tbs = next((bw for key, bw in PEAK_BANDWIDTH_TBS if key.lower() in name.lower()), None)
-    print(f"device: {name}; peak {peak_tbs} TB/s, {table_peak_tflops(name, 'fp32')} fp32 TFLOP/s")
+    print(f"device: {name}; datasheet peak {peak_tbs} TB/s, {table_peak_tflops(name, 'fp32')} fp32 TFLOP/s")
+    if device == "cuda":
+        copy_tbs, matmul_tflops = achievable_rates()
+        print(f"measured here: device copy {copy_tbs:.2f} TB/s (read + write), fp32 matmul without TF32 "
+              f"{matmul_tflops:.1f} TFLOP/s; the % columns are of the datasheet peaks")
     repeats = 1 if args.smoke else args.repeats
     if "ops" in sections:
         ops = [OPS[name](device, args.smoke) for name in args.ops.split(",")]
         op_rows(ops, impls, device, repeats, args.smoke, peak_tbs, table_peak_tflops(name, "fp32"))
     if "training" in sections:
-        training_rows(device, repeats, args.smoke)
+        training_rows(device, repeats, args.smoke, args.profile)
 
 
 if __name__ == "__main__":
