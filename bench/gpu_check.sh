@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU row of BENCHMARKS.md in one script (< 9 min on one H100/H200), for whenever a CUDA GPU is at hand.
+# Every GPU row of BENCHMARKS.md in one script (about 9 min on one H200), for whenever a CUDA GPU is at hand.
 # Sections, each under its own time limit and writing into OUT_DIR, so a slow one cannot hide the others' results:
 #  1. the test suite's CUDA paths: the Triton kernels compiled for the device against their references
 #     (mamba-ssm's comparisons where it is installed)
