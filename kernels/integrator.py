@@ -138,8 +138,8 @@ def integrator_iterations_reference(z0, ctx, wz, wv, wout, bout, scale, shift, m
     return z if min_iterations is None else (z, iters)
 
 
-def use_fused_iterations(impl: str, x: torch.Tensor) -> bool:
-    """Whether `integrator_iterations` runs the Triton kernel for tensors like x."""
+def use_fused_iterations(impl: str) -> bool:
+    """Whether `integrator_iterations` runs the Triton kernel (only when asked for: "auto" takes the loop)."""
     if impl not in ITERATION_IMPLS:
         raise ValueError(f"unknown integrator impl {impl!r}; choose from {ITERATION_IMPLS}")
     return impl == "triton"
@@ -148,7 +148,7 @@ def use_fused_iterations(impl: str, x: torch.Tensor) -> bool:
 def integrator_iterations(z0, ctx, wz, wv, wout, bout, scale, shift, mu, dt: float, K: int, impl: str = "auto",
                           mask: Optional[torch.Tensor] = None, waves: Optional[torch.Tensor] = None):
     """z_K of K iterations (arguments as for the reference), differentiable."""
-    if use_fused_iterations(impl, z0):
+    if use_fused_iterations(impl):
         from .integrator_triton import integrator_iterations_triton
 
         return integrator_iterations_triton(z0, ctx, wz, wv, wout, bout, scale, shift, mu, dt, K, mask, waves)
@@ -159,7 +159,7 @@ def integrator_iterations(z0, ctx, wz, wv, wout, bout, scale, shift, mu, dt: flo
 def integrator_adaptive(z0, ctx, wz, wv, wout, bout, scale, shift, mu, dt: float, K: int, min_iterations: int,
                         threshold: float, impl: str = "auto", waves: Optional[torch.Tensor] = None):
     """Inference with per-token adaptive stopping: (z [N, D], iterations per token [N] int32)."""
-    if use_fused_iterations(impl, z0):
+    if use_fused_iterations(impl):
         from .integrator_triton import integrator_adaptive_triton
 
         return integrator_adaptive_triton(z0, ctx, wz, wv, wout, bout, scale, shift, mu, dt, K, min_iterations, threshold,

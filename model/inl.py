@@ -261,7 +261,7 @@ class IntegratorBranch(nn.Module):
         ctx = ctrl.context(h.reshape(b * t, d))  # [N, r], constant over iterations
         mu = self.equilibrium()
         adaptive = self.adaptive_stopping and not self.training and self.trace is None
-        if self.trace is None and not self.track_convergence and use_fused_iterations(self.impl, z):
+        if self.trace is None and not self.track_convergence and use_fused_iterations(self.impl):
             # all K iterations in one kernel; excitation passed as its mask and per-iteration waves [K, D]
             mask = self.excitation_mask(z.shape[0], z)
             unit = None if mask is None else torch.ones((), dtype=z.dtype, device=z.device)  # training: the wave itself
