@@ -258,7 +258,7 @@ def main(argv=None):
               f"{matmul_tflops:.1f} TFLOP/s; the % columns are of the datasheet peaks")
     repeats = 1 if args.smoke else args.repeats
     if "ops" in sections:
-        ops = [OPS[name](device, args.smoke) for name in args.ops.split(",")]
+        ops = [OPS[op](device, args.smoke) for op in args.ops.split(",")]
         op_rows(ops, impls, device, repeats, args.smoke, peak_tbs, table_peak_tflops(name, "fp32"))
     if "training" in sections:
         training_rows(device, repeats, args.smoke, args.profile)
