@@ -100,7 +100,7 @@ done
 section "6. torch.compile rows" && {
 for op in integrator-128 integrator-1728 dense-attention topk-attention scan; do  # one compile cannot hide the rest
   timeout "${COMPILE_S:-60}" "$PY" bench/kernels.py --repeats 5 --sections ops --impls compiled --ops "$op" 2>&1 \
-      | grep -v "^device\|^op " | tee -a "$OUT/compiled.txt"
+      | grep -v "^device\|^measured\|^op " | tee -a "$OUT/compiled.txt"
 done
 }
 echo "== done: $OUT ($(date -u +%H:%M:%S))"
