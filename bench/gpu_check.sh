@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU row of BENCHMARKS.md in one script (about 9 min on one H200), for whenever a CUDA GPU is at hand.
 # Sections, each under its own time limit and writing into OUT_DIR, so a slow one cannot hide the others' results:
+#  0. the device, driver, torch and Triton versions
 #  1. the test suite's CUDA paths: the Triton kernels compiled for the device against their references
 #     (mamba-ssm's comparisons where it is installed)
 #  2. bench/kernels.py's per-op rows (eager, Triton, mamba-ssm)
