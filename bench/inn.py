@@ -11,7 +11,8 @@ the Transformer and the baselines included; `--allocator system` measures glibc'
     mm, bmm, addmm, convolutions, attention) on the same model with checkpointing off, so the
     recomputation checkpointing adds is not counted as work; the step is timed as shipped. The
     Transformer runs near this CPU's GEMM rate: its GFLOP/s is printed as the achievable rate. The
-    two models take turns (two rounds, the fastest step of each counts).
+    two models take turns (two rounds, the fastest step of each counts), each step timed in a fresh
+    process holding that model alone.
 (2) INN training tokens/s against two re-statements of the authors' model (one Mamba per layer
     shared by all neurons, torch.nn.MultiheadAttention over neurons, mean pooling, tied head):
     (a) as published: the reference scan materialising the [B*N, d_inner, T, S] discretised
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -178,25 +180,44 @@ class AuthorsINN(nn.Module):
 
 
 # -- sections ----------------------------------------------------------------------------------
-def section_flops(batch: int, seq: int, rounds: int = 2):
-    """(1) rows (name, params, tokens/s, useful matmul FLOP/s) for the Transformer and the shipped INN.
-    The two models take turns for `rounds` rounds and each one's fastest step counts, so a slow
-    spell of the machine does not fall on one model only."""
+def flops_model(name: str, seq: int, checkpointing: bool = True) -> nn.Module:
+    """(1)'s models: the parameter-matched Transformer, or the shipped INN (`checkpointing` off: the
+    same model without its recomputation, for counting useful FLOPs)."""
     torch.manual_seed(0)
-    transformer = build_model(dict(arch="transformer", vocab_size=VOCAB, d_model=256, n_layer=6, n_head=4, d_ff=1024,
-                                   max_seq_len=max(seq, 16), dropout=0.1))
-    timed = {"Transformer": transformer, "INN": shipped_inn()}
+    if name == "INN":
+        return shipped_inn() if checkpointing else shipped_inn(checkpoint_layers=False)
+    return build_model(dict(arch="transformer", vocab_size=VOCAB, d_model=256, n_layer=6, n_head=4, d_ff=1024,
+                            max_seq_len=max(seq, 16), dropout=0.1))
+
+
+def timing_child(name: str, batch: int, seq: int):
+    """Run in a child process: print the fastest training step of (1)'s model `name`."""
+    print(json.dumps(dict(seconds=train_step_time(flops_model(name, seq), batch, seq, steps=1, min_seconds=10.0))))
+
+
+def run_child(flags: list[str], threads: Optional[int]) -> dict:
+    """This script in a fresh process with `flags`; the JSON line it prints last."""
+    cmd = [sys.executable, __file__, *flags] + (["--threads", str(threads)] if threads else [])
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+
+
+def section_flops(batch: int, seq: int, threads: Optional[int], rounds: int = 2):
+    """(1) rows (name, params, tokens/s, useful matmul FLOP/s) for the Transformer and the shipped INN.
+    Each step is timed in a fresh process holding that model alone, as a training process does (in one
+    process, each model ran on the allocator's pages as the other left them). The two models take
+    turns for `rounds` rounds and each one's fastest step counts, so a slow spell of the machine
+    does not fall on one model only."""
+    names = ("Transformer", "INN")
     # Counted on one sequence and scaled: every op is per sequence, so the count is exactly linear in
-    # the batch, and the model without recomputation need not hold a whole batch's activations
-    # (~10 GB at 16x256, kept by the allocator beside section (5)'s child process).
-    flops = {"Transformer": batch * step_flops(transformer, 1, seq),
-             "INN": batch * step_flops(shipped_inn(checkpoint_layers=False), 1, seq)}
-    best = dict.fromkeys(timed, math.inf)
+    # the batch, and the model without recomputation need not hold a whole batch's activations.
+    flops = {name: batch * step_flops(flops_model(name, seq, checkpointing=False), 1, seq) for name in names}
+    params = {name: sum(p.numel() for p in flops_model(name, seq).parameters()) for name in names}
+    best = dict.fromkeys(names, math.inf)
     for _ in range(rounds):
-        for name, model in timed.items():
-            best[name] = min(best[name], train_step_time(model, batch, seq, steps=1, min_seconds=10.0))
-    return [(name, sum(p.numel() for p in model.parameters()), batch * seq / best[name], flops[name] / best[name])
-            for name, model in timed.items()]
+        for name in names:
+            seconds = run_child(["--timing-child", name, str(batch), str(seq)], threads)["seconds"]
+            best[name] = min(best[name], seconds)
+    return [(name, params[name], batch * seq / best[name], flops[name] / best[name]) for name in names]
 
 
 def section_authors(batch: int, seq: int):
@@ -292,6 +313,7 @@ def main():
     ap.add_argument("--allocator", choices=ALLOCATORS, default="jemalloc",
                     help="malloc of this run: the one `neurograph train` gives CPU workers (trainer.cpu_allocator)")
     ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--timing-child", nargs=3, metavar=("MODEL", "BATCH", "SEQ"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     env = with_allocator(dict(os.environ), args.allocator)
     if env.get("LD_PRELOAD") != os.environ.get("LD_PRELOAD"):  # loaded at exec only: start again with it
@@ -300,6 +322,10 @@ def main():
         torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_step_child()
+        return
+    if args.timing_child:
+        name, batch, seq = args.timing_child
+        timing_child(name, int(batch), int(seq))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}, "
           f"malloc: {os.environ.get('LD_PRELOAD') or 'the C library'}", flush=True)
@@ -313,7 +339,7 @@ def main():
     sections = set(args.sections.split(","))
     if "1" in sections:
         for batch in (int(b) for b in args.batches.split(",")):
-            (_, p_tf, tok_tf, fl_tf), (_, p_inn, tok_inn, fl_inn) = section_flops(batch, args.seq)
+            (_, p_tf, tok_tf, fl_tf), (_, p_inn, tok_inn, fl_inn) = section_flops(batch, args.seq, args.threads)
             add(f"(1) achieved matmul GFLOP/s (FlopCounterMode, recomputation not counted), inn_text8.yaml as shipped, "
                 f"batch {batch}x{args.seq} (INN {p_inn/1e6:.2f}M / Transformer {p_tf/1e6:.2f}M params; "
                 f"achievable here ~ Transformer's {fl_tf/1e9:.1f})", f"{fl_inn/1e9:.1f}", f"{fl_tf/1e9:.1f}",
@@ -346,9 +372,7 @@ def main():
             t_seq / t_fast >= 5 and err_y <= 1e-5)
 
     if "5" in sections and not args.skip_memory:
-        cmd = [sys.executable, __file__, "--memory-child"] + (["--threads", str(args.threads)] if args.threads else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        mem = json.loads(out)
+        mem = run_child(["--memory-child"], args.threads)
         add(f"(5) peak RSS GB, one training step 16x256, inn_text8.yaml as shipped ({mem['seconds']:.0f} s, "
             f"{16 * SEQ / mem['seconds']:.1f} tokens/s)", f"{mem['peak_gb']:.2f}", "-", "-", "<= 8 GB", mem["peak_gb"] <= 8)
 
