@@ -210,8 +210,9 @@ def section_flops(batch: int, seq: int, threads: Optional[int], rounds: int = 2)
     names = ("Transformer", "INN")
     # Counted on one sequence and scaled: every op is per sequence, so the count is exactly linear in
     # the batch, and the model without recomputation need not hold a whole batch's activations.
-    flops = {name: batch * step_flops(flops_model(name, seq, checkpointing=False), 1, seq) for name in names}
-    params = {name: sum(p.numel() for p in flops_model(name, seq).parameters()) for name in names}
+    counted = {name: flops_model(name, seq, checkpointing=False) for name in names}
+    flops = {name: batch * step_flops(model, 1, seq) for name, model in counted.items()}
+    params = {name: sum(p.numel() for p in model.parameters()) for name, model in counted.items()}
     best = dict.fromkeys(names, math.inf)
     for _ in range(rounds):
         for name in names:
