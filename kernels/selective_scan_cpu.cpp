@@ -23,6 +23,7 @@
 
 namespace {
 constexpr int64_t DB = 64;  // channels per block: the vector lanes of every inner loop
+constexpr int64_t AHEAD = 2;  // steps ahead that a block's rows are prefetched
 
 // A [Bz, T, d] input read through its strides (channel stride 1).
 template <typename T>
@@ -76,6 +77,21 @@ inline float decay_exp(float x) {
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
+}
+
+// Software prefetch of n values at p, for reading (Write 0) or writing (1). A block's rows of the
+// [Bz, T, d] tensors are 256 bytes every d values, a pattern the hardware prefetchers do not follow:
+// without this every step waits on memory (forward and backward ~25% slower at the INN's shape).
+template <int Write = 0, typename T>
+inline void prefetch(const T* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(p + i, Write);
+}
+
+template <typename T>
+void prefetch_inputs(const Inputs<T>& in, int64_t b, int64_t t, int64_t c0, int64_t n) {
+  prefetch(in.u.row(b, t, c0), n);
+  prefetch(in.delta.row(b, t, c0), n);
+  if (in.z.p) prefetch(in.z.row(b, t, c0), n);
 }
 
 // n values, then zeros up to DB.
@@ -160,6 +176,10 @@ void forward_kernel(const Inputs<T>& in, const Options& o, T* y, T* states, T* l
             T* saved = states + (b * nc + t / K) * S * d + c0;
             for (int64_t s = 0; s < S; ++s) std::copy(h + s * DB, h + s * DB + blk.nb, saved + s * d);
           }
+          if (t + AHEAD < L) {
+            prefetch_inputs(in, b, t + AHEAD, c0, blk.nb);
+            prefetch<1>(y + (b * L + t + AHEAD) * d + c0, blk.nb);
+          }
           st.load(in, o, blk, b, t, false);
           const T* __restrict__ Bt = in.B + (b * L + t) * S;
           const T* __restrict__ Ct = in.C + (b * L + t) * S;
@@ -219,6 +239,10 @@ void backward_kernel(const Inputs<T>& in, const Options& o, const T* states, con
           for (int64_t s = 0; s < S; ++s) std::copy(saved + s * d, saved + s * d + nb, h0 + s * DB);
           for (int64_t t = t0; t < t1; ++t) {
             Step<T>& st = steps[t - t0];
+            if (t + AHEAD < t1) {
+              prefetch_inputs(in, b, t + AHEAD, c0, nb);
+              if (y) prefetch<1>(y + (b * L + t + AHEAD) * d + c0, nb);
+            }
             st.load(in, o, blk, b, t, true);
             const T* __restrict__ Bt = in.B + (b * L + t) * S;
             const T* __restrict__ Ct = in.C + (b * L + t) * S;
@@ -244,6 +268,13 @@ void backward_kernel(const Inputs<T>& in, const Options& o, const T* states, con
           for (int64_t t = t1 - 1; t >= t0; --t) {
             const Step<T> st = steps[t - t0];  // a local copy: visibly unaliased with the outputs
             const int64_t row = (b * L + t) * d + c0;
+            if (t - AHEAD >= t0) {
+              const int64_t ahead = row - AHEAD * d;
+              prefetch(gy + ahead, nb);
+              prefetch<1>(gu + ahead, nb);
+              prefetch<1>(gdelta + ahead, nb);
+              if (in.z.p) prefetch<1>(gz + ahead, nb);
+            }
             gather(gy + row, gyv, nb);
             if (in.z.p) {  // y = pre * silu(z): g = dLoss/d pre
               const T* __restrict__ ys = ysbuf.data() + (t - t0) * DB;
