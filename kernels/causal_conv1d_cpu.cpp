@@ -16,6 +16,8 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu_math.h"
+
 namespace {
 constexpr int64_t DB = 64;
 
@@ -23,18 +25,25 @@ struct Shape {
   int64_t M, T, d, K, G, sm, st;  // sequences, length, channels, taps, groups, x strides
 };
 
-template <typename T>
-T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
+using cpu_math::sigmoid;
 
 // pre for one block of nb channels at time t: acc[j] = bias + sum_k w[k][j] x[t - K + 1 + k][j].
-template <typename T>
-void preactivation(const T* x, const T* w, const T* bias, const Shape& s, int64_t t, int64_t nb, T* acc) {
-  for (int64_t j = 0; j < nb; ++j) acc[j] = bias ? bias[j] : T(0);
+// Full: nb == DB, a loop length the compiler knows (unrolled, acc kept in registers; ~2x faster).
+template <bool Full, typename T>
+inline void preactivation(const T* x, const T* w, const T* bias, const Shape& s, int64_t t, int64_t nb, T* acc) {
+  const int64_t n = Full ? DB : nb;
+  for (int64_t j = 0; j < n; ++j) acc[j] = bias ? bias[j] : T(0);
   for (int64_t k = std::max<int64_t>(0, s.K - 1 - t); k < s.K; ++k) {
     const T* __restrict__ xr = x + (t - s.K + 1 + k) * s.st;
     const T* __restrict__ wk = w + k * s.d;
-    for (int64_t j = 0; j < nb; ++j) acc[j] += wk[j] * xr[j];
+    for (int64_t j = 0; j < n; ++j) acc[j] += wk[j] * xr[j];
   }
+}
+
+template <typename T>
+inline void preactivation(const T* x, const T* w, const T* bias, const Shape& s, int64_t t, int64_t nb, T* acc) {
+  if (nb == DB) preactivation<true>(x, w, bias, s, t, nb, acc);
+  else preactivation<false>(x, w, bias, s, t, nb, acc);
 }
 
 template <typename T>

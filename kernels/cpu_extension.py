@@ -2,8 +2,8 @@
 
 Each source in kernels/ builds on first use (a C++ compiler and ninja; tens of seconds once, then
 cached by torch in ~/.cache/torch_extensions; concurrent processes wait on torch's build lock).
-A build is named after the source's path and content, so checkouts and edited copies each keep
-their own build instead of rebuilding one shared folder in turn.
+A build is named after the source's path and content (with the shared headers kernels/*.h), so
+checkouts and edited copies each keep their own build instead of rebuilding one shared folder in turn.
 """
 from __future__ import annotations
 
@@ -19,16 +19,23 @@ from pathlib import Path
 _OPENMP = () if sys.platform == "darwin" else ("-fopenmp",)
 
 
+def build_name(source: Path) -> str:
+    """The build's name: the source's stem and a hash of its path, its content and the headers beside it
+    (torch's own rebuild check sees the listed sources only, not what they include)."""
+    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))
+    key = hashlib.sha1(str(source.resolve()).encode() + source.read_bytes() + headers).hexdigest()[:12]
+    return f"neurograph_{source.stem}_{key}"
+
+
 @functools.cache
 def load_cpu_extension(source_name: str):
     """The compiled module of kernels/`source_name` (raises when it cannot be built)."""
     from torch.utils.cpp_extension import load
 
     source = Path(__file__).with_name(source_name)
-    key = hashlib.sha1(str(source.resolve()).encode() + source.read_bytes()).hexdigest()[:12]
     # Fresh lists each call: torch appends its own flags to extra_ldflags in place, and a shared list
     # would change the next build's flags (and so make torch rebuild whichever kernel loads next).
-    return load(name=f"neurograph_{source.stem}_{key}", sources=[str(source)],
+    return load(name=build_name(source), sources=[str(source)],
                 extra_cflags=["-O3", "-march=native", "-ffast-math", *_OPENMP], extra_ldflags=list(_OPENMP),
                 verbose=False)
 

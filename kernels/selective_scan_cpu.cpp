@@ -21,6 +21,8 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_math.h"
+
 namespace {
 constexpr int64_t DB = 64;  // channels per block: the vector lanes of every inner loop
 constexpr int64_t AHEAD = 2;  // steps ahead that a block's rows are prefetched
@@ -49,35 +51,7 @@ struct Inputs {
   const T *A, *B, *C, *D, *bias;  // D, bias may be nullptr
 };
 
-template <typename T>
-T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
-
-// exp(dt A) of the state update, the inner loops' only transcendental, written so the compiler
-// vectorises it inline: x = n ln2 + r with |r| <= ln2/2 (Cody-Waite, two fused steps), a degree-7
-// Taylor polynomial for exp(r) (relative error < 1e-8, under half a float ulp) and 2^n built in
-// the exponent bits. x is clamped to [-87, 88]: below, exp is ~1e-38 instead of 0 (a decay
-// that leaves no trace either way). double keeps std::exp.
-template <typename T>
-inline T decay_exp(T x) { return std::exp(x); }
-
-template <>
-inline float decay_exp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float n = std::floor(x * 1.44269504088896f + 0.5f);
-  const float r = std::fma(n, 2.12194440e-4f, std::fma(n, -0.693359375f, x));
-  float p = 1.0f / 5040;
-  p = std::fma(p, r, 1.0f / 720);
-  p = std::fma(p, r, 1.0f / 120);
-  p = std::fma(p, r, 1.0f / 24);
-  p = std::fma(p, r, 1.0f / 6);
-  p = std::fma(p, r, 0.5f);
-  p = std::fma(p, r, 1.0f);
-  p = std::fma(p, r, 1.0f);
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
+using cpu_math::sigmoid;
 
 // Software prefetch of n values at p, for reading (Write 0) or writing (1). A block's rows of the
 // [Bz, T, d] tensors are 256 bytes every d values, a pattern the hardware prefetchers do not follow:
@@ -129,7 +103,7 @@ struct Step {
     if (in.z.p) gather(in.z.row(b, t, blk.c0), z, blk.nb);
     for (int64_t j = 0; j < DB; ++j) v[j] += blk.bias[j];
     if (o.softplus) {
-      for (int64_t j = 0; j < DB; ++j) dt[j] = v[j] > T(20) ? v[j] : std::log1p(std::exp(v[j]));
+      for (int64_t j = 0; j < DB; ++j) dt[j] = cpu_math::softplus(v[j]);
       if (derivative)
         for (int64_t j = 0; j < DB; ++j) ddt[j] = sigmoid(v[j]);
     } else {
@@ -187,7 +161,7 @@ void forward_kernel(const Inputs<T>& in, const Options& o, T* y, T* states, T* l
             const T bs = Bt[s];
             T* __restrict__ hs = h + s * DB;
             const T* __restrict__ as = At + s * DB;
-            for (int64_t j = 0; j < DB; ++j) hs[j] = decay_exp(st.dt[j] * as[j]) * hs[j] + st.x[j] * bs;
+            for (int64_t j = 0; j < DB; ++j) hs[j] = cpu_math::exp(st.dt[j] * as[j]) * hs[j] + st.x[j] * bs;
           }
           output(h, Ct, blk.D, st.u, acc, S);
           if (in.z.p)
@@ -254,7 +228,7 @@ void backward_kernel(const Inputs<T>& in, const Options& o, const T* states, con
               const T bs = Bt[s];
               for (int64_t j = 0; j < DB; ++j) {
                 const int64_t k = s * DB + j;
-                dec[k] = decay_exp(st.dt[j] * At[k]);
+                dec[k] = cpu_math::exp(st.dt[j] * At[k]);
                 hn[k] = dec[k] * hp[k] + st.x[j] * bs;
               }
             }

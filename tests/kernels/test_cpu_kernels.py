@@ -197,3 +197,17 @@ def test_a_kernel_builds_the_same_whichever_kernels_loaded_before_it():
     before = os.stat(so).st_mtime_ns
     subprocess.run([sys.executable, "-c", script], check=True, timeout=600, cwd=REPO)
     assert os.stat(so).st_mtime_ns == before, "dropout_cpu.cpp was rebuilt after other kernels loaded first"
+
+
+def test_a_kernel_is_rebuilt_when_a_shared_header_changes(tmp_path):
+    """torch's JIT rebuild check sees a kernel's .cpp only: the build name must change with the headers
+    it includes (kernels/cpu_math.h), or an edited header would keep running the old build."""
+    from kernels.cpu_extension import build_name
+
+    source, header = tmp_path / "k_cpu.cpp", tmp_path / "cpu_math.h"
+    source.write_text('#include "cpu_math.h"\n')
+    header.write_text("inline float f(float x) { return x; }\n")
+    first = build_name(source)
+    assert build_name(source) == first
+    header.write_text("inline float f(float x) { return 2 * x; }\n")
+    assert build_name(source) != first
