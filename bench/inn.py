@@ -10,9 +10,11 @@ the Transformer and the baselines included; `--allocator system` measures glibc'
     at batch 8 x 256 and 16 x 256. Useful FLOPs are counted by FlopCounterMode (matmul-class ops:
     mm, bmm, addmm, convolutions, attention) on the same model with checkpointing off, so the
     recomputation checkpointing adds is not counted as work; the step is timed as shipped. The
-    Transformer runs near this CPU's GEMM rate: its GFLOP/s is printed as the achievable rate. The
-    two models take turns (two rounds, the fastest step of each counts), each step timed in a fresh
-    process holding that model alone.
+    Transformer runs near this CPU's GEMM rate: its GFLOP/s is printed as the achievable rate. Each
+    sample is the seconds per step over a window of >= 10 s in a fresh process holding one model (the
+    INN's one step, ~15 of the Transformer's: the same kind of sample for both, where "fastest single
+    step" credited the short-stepped Transformer with its luckiest of ~30); the two models take turns
+    for three rounds and each one's fastest sample counts.
 (2) INN training tokens/s against two re-statements of the authors' model (one Mamba per layer
     shared by all neurons, torch.nn.MultiheadAttention over neurons, mean pooling, tied head):
     (a) as published: the reference scan materialising the [B*N, d_inner, T, S] discretised
@@ -64,13 +66,10 @@ def shipped_inn(**overrides) -> nn.Module:
     return build_model(parse_model_config({**section, **overrides}))
 
 
-def train_step_time(model, batch: int, seq: int, steps: int = 1, min_seconds: float = 0.0) -> float:
-    """Seconds per optimizer step (forward, backward, AdamW): one warm-up step, then at least
-    `steps` steps and `min_seconds`; the fastest step counts (the machine is shared, and the
-    same estimator is used for every model)."""
+def training_step(model, batch: int, seq: int):
+    """A function running one optimizer step (forward, backward, AdamW) of `model` on a fixed batch."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, VOCAB, (batch, seq + 1), generator=g)
+    x = torch.randint(0, VOCAB, (batch, seq + 1), generator=torch.Generator().manual_seed(0))
     model.train()
 
     def step():
@@ -78,14 +77,33 @@ def train_step_time(model, batch: int, seq: int, steps: int = 1, min_seconds: fl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    return step
 
+
+def train_step_time(model, batch: int, seq: int, steps: int = 1) -> float:
+    """Seconds per optimizer step: one warm-up step, then the fastest of `steps` (the machine is
+    shared, and the same estimator is used for every model)."""
+    step = training_step(model, batch, seq)
     step()
-    times, start = [], time.perf_counter()
-    while len(times) < steps or time.perf_counter() - start < min_seconds:
+    times = []
+    for _ in range(steps):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def window_step_time(model, batch: int, seq: int, window: float) -> float:
+    """Seconds per optimizer step averaged over consecutive steps spanning at least `window` seconds
+    (after one warm-up step): one sample per call whatever a model's step time, so a model of short
+    steps is not credited with its luckiest step against one whose step fills the window alone."""
+    step = training_step(model, batch, seq)
+    step()
+    steps, start = 0, time.perf_counter()
+    while steps == 0 or time.perf_counter() - start < window:
+        step()
+        steps += 1
+    return (time.perf_counter() - start) / steps
 
 
 def step_flops(model, batch: int, seq: int) -> int:
@@ -191,8 +209,8 @@ def flops_model(name: str, seq: int, checkpointing: bool = True) -> nn.Module:
 
 
 def timing_child(name: str, batch: int, seq: int):
-    """Run in a child process: print the fastest training step of (1)'s model `name`."""
-    print(json.dumps(dict(seconds=train_step_time(flops_model(name, seq), batch, seq, steps=1, min_seconds=10.0))))
+    """Run in a child process: print (1)'s model `name`'s seconds per step over a window of >= 10 s."""
+    print(json.dumps(dict(seconds=window_step_time(flops_model(name, seq), batch, seq, window=10.0))))
 
 
 def run_child(flags: list[str], threads: Optional[int]) -> dict:
@@ -201,12 +219,13 @@ def run_child(flags: list[str], threads: Optional[int]) -> dict:
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
 
 
-def section_flops(batch: int, seq: int, threads: Optional[int], rounds: int = 2):
+def section_flops(batch: int, seq: int, threads: Optional[int], rounds: int = 3):
     """(1) rows (name, params, tokens/s, useful matmul FLOP/s) for the Transformer and the shipped INN.
     Each step is timed in a fresh process holding that model alone, as a training process does (in one
-    process, each model ran on the allocator's pages as the other left them). The two models take
-    turns for `rounds` rounds and each one's fastest step counts, so a slow spell of the machine
-    does not fall on one model only."""
+    process, each model ran on the allocator's pages as the other left them). A process gives one
+    sample: its seconds per step over a window of >= 10 s (the INN's one step fills it; the Transformer
+    runs ~15). The two models take turns for `rounds` rounds and each one's fastest sample counts, so
+    a slow spell of the machine does not fall on one model only."""
     names = ("Transformer", "INN")
     # Counted on one sequence and scaled: every op is per sequence, so the count is exactly linear in
     # the batch, and the model without recomputation need not hold a whole batch's activations.
