@@ -13,7 +13,6 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "cpu_math.h"
