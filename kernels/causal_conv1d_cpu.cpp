@@ -27,7 +27,7 @@ struct Shape {
 using cpu_math::sigmoid;
 
 // pre for one block of nb channels at time t: acc[j] = bias + sum_k w[k][j] x[t - K + 1 + k][j].
-// Full: nb == DB, a loop length the compiler knows (unrolled, acc kept in registers; ~2x faster).
+// Full: nb == DB, a loop length the compiler knows (unrolled; forward ~10% faster at the INN shape).
 template <bool Full, typename T>
 inline void preactivation(const T* x, const T* w, const T* bias, const Shape& s, int64_t t, int64_t nb, T* acc) {
   const int64_t n = Full ? DB : nb;
