@@ -3,28 +3,35 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-TORCH_VERSION ?= 2.13.0
-TORCH_CPU_SUFFIX ?= +cpu
+# uv installs exactly the committed lock (requirements/, `make lock`); it is bootstrapped from the
+# package index into .venv/uv, outside the environment it manages.
+UV_VERSION := 0.13.9
+UV     := $(VENV)/uv/bin/uv
+# Without CUDA the CPU lock (torch's CPU build), never the multi-GB CUDA wheels.
+LOCK   ?= requirements/$(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu).txt
+# Where torch's CPU build comes from: a folder of wheels (PIP_FIND_LINKS) or an index (TORCH_INDEX_URL,
+# e.g. PyTorch's CPU index; its other packages must not shadow PyPI's pins, hence the strategy).
+UV_SOURCES := $(foreach d,$(PIP_FIND_LINKS),--find-links $(d)) \
+              $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL) --index-strategy unsafe-best-match)
 
-.PHONY: install jemalloc demo test test-fast bench clean
+.PHONY: install lock jemalloc demo test test-fast bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	# Without CUDA take the CPU build of torch, never the multi-GB CUDA wheels:
-	# a local CPU wheel (PIP_FIND_LINKS) or TORCH_INDEX_URL, e.g. PyTorch's CPU index.
-	if command -v nvidia-smi >/dev/null 2>&1; then \
-	  $(PIP) install --quiet "torch==$(TORCH_VERSION)"; \
-	else \
-	  $(PIP) install --quiet "torch==$(TORCH_VERSION)$(TORCH_CPU_SUFFIX)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)); \
-	fi
-	DS_BUILD_OPS=0 $(PIP) install --quiet -e ".[dev,s3]"
+	test -x $(UV) || $(PYTHON) -m pip install --quiet --target $(VENV)/uv "uv==$(UV_VERSION)"
+	$(UV) pip sync --python $(PY) $(UV_SOURCES) $(LOCK)
+	if [ "$(LOCK)" = requirements/cuda.txt ]; then \
+	  $(UV) pip install --python $(PY) --no-build-isolation --no-deps -r requirements/cuda-kernels.txt; fi
+	$(UV) pip install --python $(PY) --no-deps -e .
 	$(MAKE) --no-print-directory jemalloc
 	touch $(STAMP)
+
+# Recompile requirements/*.txt after a change of pyproject.toml's requirements (needs the package index).
+lock: install
+	$(PY) -m neurograph.launch.lockfile $(UV)
 
 # jemalloc for CPU training processes (launch/allocator.py): the system's, else Debian's libjemalloc2
 # unpacked into the venv (no root needed). Without it training still runs, on glibc malloc, slower.

@@ -18,7 +18,6 @@ import json
 import lzma
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_pipeline import StreamingTokenLoader, prepare_corpus  # noqa: E402
-from data_pipeline.manifest import FORMAT_VERSION, MANIFEST  # noqa: E402
-from data_pipeline.shards import write_shard  # noqa: E402
+from neurograph.data_pipeline import StreamingTokenLoader, prepare_corpus
+from neurograph.data_pipeline.manifest import FORMAT_VERSION, MANIFEST
+from neurograph.data_pipeline.shards import write_shard
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEMO_SHAPE = dict(micro_batch_size=8, seq_len=128)
@@ -76,7 +74,7 @@ def loader_rate(data: Path, batches: int) -> float:
 def demo_model_rate(steps: int) -> float:
     import yaml
 
-    from model import build_model, parse_model_config
+    from neurograph.model import build_model, parse_model_config
 
     section = yaml.safe_load((Path(__file__).resolve().parent.parent / "configs" / "demo.yaml").read_text())["model"]
     model = build_model(parse_model_config({**section, "vocab_size": 84}))

@@ -11,19 +11,17 @@ Usage: .venv/bin/python bench/export.py [--threads N] [--new-tokens 96] [--quick
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from neurograph.launch.config import read_yaml
+from neurograph.launch.export_hf import save_hf_model
+from neurograph.model import build_model
 
-from launch.config import read_yaml  # noqa: E402
-from launch.export_hf import save_hf_model  # noqa: E402
-from model import build_model  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 CONFIGS = {"transformer": "transformer_text8", "inl": "inl_tiny", "inn": "inn_text8", "mamba_stack": "mamba_text8",
            "lstm": "lstm_text8"}

@@ -13,7 +13,7 @@
 #  6. bench/kernels.py's torch.compile rows, last, one op per process under COMPILE_S seconds (default 60):
 #     compiling the scan's 512-step loop alone took over 150 s on an H200
 # Usage: bash bench/gpu_check.sh [OUT_DIR]   (copy the figures from OUT_DIR/*.txt, *.json to BENCHMARKS.md)
-# PY names the interpreter (default .venv/bin/python; the CLI runs as `$PY -m launch.cli`); SECTIONS picks some
+# PY names the interpreter (default .venv/bin/python; the CLI runs as `$PY -m neurograph.launch.cli`); SECTIONS picks some
 # (default "0 1 2 3 4 5 6"); data and runs of section 5 go to OUT_DIR/data and OUT_DIR/<config>.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,11 +45,11 @@ section "4. INL 1.1B on one GPU at the planner's micro-batch" && {
 timeout 100 "$PY" - "$OUT" <<'PYEOF'
 import json, sys, time
 import torch, torch.nn.functional as F, yaml
-from launch.plan import make_plan
-from model import build_model, parse_model_config
-from trainer.acceleration import checkpoint_blocks
-from trainer.config import TrainerConfig
-from trainer.mfu import table_peak_tflops
+from neurograph.launch.plan import make_plan
+from neurograph.model import build_model, parse_model_config
+from neurograph.trainer.acceleration import checkpoint_blocks
+from neurograph.trainer.config import TrainerConfig
+from neurograph.trainer.mfu import table_peak_tflops
 
 out = sys.argv[1]
 raw = yaml.safe_load(open("configs/inl_1.1b.yaml"))
@@ -87,11 +87,11 @@ json.dump(rows, open(f"{out}/inl_1.1b.json", "w"), indent=1)
 PYEOF
 }
 section "5. scaled-down INL and INN, bf16, NCCL, 1 process" && {
-timeout 30 "$PY" -m launch.cli data prepare --input data_pipeline/corpora/*.xz --out "$OUT/data" \
+timeout 30 "$PY" -m neurograph.launch.cli data prepare --input data_pipeline/corpora/*.xz --out "$OUT/data" \
     --tokenizer char --seq-len 256 --val-fraction 0.05 --samples-per-shard 64 > "$OUT/prepare.txt" 2>&1 \
     || tail -5 "$OUT/prepare.txt"
 for cfg in inl_tiny inn_text8; do
-  timeout 75 "$PY" -m launch.cli train --config "configs/$cfg.yaml" data.path="$OUT/data" data.seq_len=128 \
+  timeout 75 "$PY" -m neurograph.launch.cli train --config "configs/$cfg.yaml" data.path="$OUT/data" data.seq_len=128 \
       model.vocab_size=null trainer.run_dir="$OUT/$cfg" trainer.precision=bf16 trainer.max_steps=60 \
       trainer.log_every=20 trainer.eval_every=0 trainer.checkpoint_every=0 trainer.num_processes=1 \
       tracking.enabled=false > "$OUT/$cfg.txt" 2>&1 || tail -8 "$OUT/$cfg.txt"

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import argparse
 import lzma
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model import build_model  # noqa: E402
-from model.generation import generate  # noqa: E402
-from model.inl import INLBlock, INLConfig, IntegratorController  # noqa: E402
-from model.transformer import TransformerBlock, TransformerConfig  # noqa: E402
+from neurograph.model import build_model
+from neurograph.model.generation import generate
+from neurograph.model.inl import INLBlock, INLConfig, IntegratorController
+from neurograph.model.transformer import TransformerBlock, TransformerConfig
 
 MIN_ITERATIONS = 3  # SPEC section 3
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare.txt.xz"

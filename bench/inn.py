@@ -41,19 +41,18 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from neurograph.kernels.selective_scan import selective_scan_chunked, selective_scan_cpp, selective_scan_ref
+from neurograph.launch.allocator import ALLOCATORS, with_allocator
+from neurograph.model import build_model, parse_model_config
+from neurograph.model.neuron_router import build_router
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import yaml  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-from kernels.selective_scan import selective_scan_chunked, selective_scan_cpp, selective_scan_ref  # noqa: E402
-from launch.allocator import ALLOCATORS, with_allocator  # noqa: E402
-from model import build_model, parse_model_config  # noqa: E402
-from model.neuron_router import build_router  # noqa: E402
 
 VOCAB, SEQ = 27, 256
 PAPER = dict(arch="inn", vocab_size=VOCAB, n_neurons=32, d_model=256, d_state=16, n_layer=6, n_head=4, dropout=0.1)

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SMALL_INN = ["model.d_model=64", "model.n_neurons=8", "model.n_layer=2", "model.n_head=2", "model.d_state=8",
              "model.checkpoint_layers=false"]
@@ -37,7 +36,7 @@ RUNS = {  # name -> (config, size overrides)
 
 
 def prepare(corpus: Path, out: Path) -> Path:
-    from data_pipeline import prepare_corpus
+    from neurograph.data_pipeline import prepare_corpus
 
     if not (out / "manifest.json").exists():
         prepare_corpus([str(corpus)], out, tokenizer="char", normalize="text8", seq_len=128, val_fraction=0.05,
@@ -50,7 +49,7 @@ def run(name: str, config: str, sizes: list[str], data: Path, root: Path, steps:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.exists() or len(metrics.read_text().splitlines()) < steps:
         subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-        cmd = [sys.executable, "-m", "launch.cli", "train", "--config", str(ROOT / "configs" / config), *sizes,
+        cmd = [sys.executable, "-m", "neurograph.launch.cli", "train", "--config", str(ROOT / "configs" / config), *sizes,
                f"data.path={data}", "data.seq_len=128", "data.num_workers=0", f"trainer.run_dir={run_dir}",
                f"trainer.max_steps={steps}", "trainer.micro_batch_size=8", "trainer.num_processes=1",
                f"trainer.eval_every={steps // 3}", "trainer.eval_batches=16", "trainer.checkpoint_every=0",
@@ -73,8 +72,8 @@ def main() -> None:
         t0 = time.time()
         results[name] = (run(name, config, sizes, data, root, args.steps), time.time() - t0)
 
-    from launch.config import load_config
-    from model import build_model
+    from neurograph.launch.config import load_config
+    from neurograph.model import build_model
 
     print(f"\nINN ablations and baselines: {args.steps} steps x 8 x 128 characters, Text8-normalised "
           f"{Path(args.corpus).name}, AdamW 4e-4 OneCycle, clip 1.0")

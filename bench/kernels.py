@@ -24,7 +24,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 if "--smoke" in sys.argv:  # must precede any import of triton (see kernels/triton_runtime.py)
@@ -32,14 +31,13 @@ if "--smoke" in sys.argv:  # must precede any import of triton (see kernels/trit
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernels.integrator import integrator_iterations_reference  # noqa: E402
-from kernels.neuron_attention import neuron_attention_reference, topk_attention_reference  # noqa: E402
-from kernels.selective_scan import selective_scan, selective_scan_flops, selective_scan_ref  # noqa: E402
-from model.inl import INLConfig, INLModel  # noqa: E402
-from model.inn import INN, INNConfig  # noqa: E402
-from trainer.mfu import table_peak_tflops  # noqa: E402
+from neurograph.kernels.integrator import integrator_iterations_reference  # noqa: E402
+from neurograph.kernels.neuron_attention import neuron_attention_reference, topk_attention_reference  # noqa: E402
+from neurograph.kernels.selective_scan import selective_scan, selective_scan_flops, selective_scan_ref  # noqa: E402
+from neurograph.model.inl import INLConfig, INLModel  # noqa: E402
+from neurograph.model.inn import INN, INNConfig  # noqa: E402
+from neurograph.trainer.mfu import table_peak_tflops  # noqa: E402
 
 PEAK_BANDWIDTH_TBS = (("H200", 4.8), ("H100 PCIe", 2.0), ("H100", 3.35), ("A100", 2.0), ("L40S", 0.864), ("L4", 0.3))
 
@@ -88,7 +86,7 @@ def integrator_op(device, small: bool, width: int) -> Op:
              rnd(4 * d, std=0.5), torch.ones(4, device=device), torch.zeros(4, device=device), rnd(d, std=0.1))
         return tuple(v.requires_grad_() for v in x)
 
-    from kernels.integrator import integrator_iterations
+    from neurograph.kernels.integrator import integrator_iterations
 
     ref = lambda *x: integrator_iterations_reference(*x, 0.1, k)  # noqa: E731
     impls = {"eager": ref, "compiled": torch.compile(ref), "triton": lambda *x: integrator_iterations(*x, 0.1, k, impl="triton")}
@@ -107,7 +105,7 @@ def attention_op(device, small: bool, topk: Optional[int]) -> Op:
             x.append(torch.randint(0, n, (m, n, min(topk, n)), device=device))
         return tuple(x)
 
-    from kernels.neuron_attention import neuron_attention, topk_neuron_attention
+    from neurograph.kernels.neuron_attention import neuron_attention, topk_neuron_attention
 
     if topk is None:
         ref, fast = neuron_attention_reference, lambda *x: neuron_attention(*x, impl="triton")

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 FAMILIES = {"demo Transformer": "configs/demo.yaml", "paper INN": "configs/inn_text8.yaml",
             "tiny INL": "configs/inl_tiny.yaml"}
@@ -37,8 +36,8 @@ def measure(config: str, variant: str, steps: int, micro_batch: int | None) -> d
     import torch.nn.functional as F
     import yaml
 
-    from model import build_model
-    from trainer.acceleration import checkpoint_blocks, compile_blocks
+    from neurograph.model import build_model
+    from neurograph.trainer.acceleration import checkpoint_blocks, compile_blocks
 
     raw = yaml.safe_load((REPO / config).read_text())
     # the variant alone decides recomputation (the INN config's own `checkpoint_layers` is switched off)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.resources as resources
 import json
 import logging
 import re
@@ -12,7 +13,7 @@ from pathlib import Path
 from .config import ConfigError, apply_overrides, load_config, read_yaml, resolved, save_config
 from .logs import setup_logging
 
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SHIPPED_CONFIGS = Path(str(resources.files("neurograph.configs")))  # configs/, also in a wheel
 
 
 def cmd_train(args) -> int:
@@ -21,7 +22,7 @@ def cmd_train(args) -> int:
         args.resume = "latest"
     cfg = resolved(load_config(args.config, args.overrides))
     run_dir = Path(cfg.trainer.run_dir)
-    from trainer.checkpoint import CheckpointManager
+    from neurograph.trainer.checkpoint import CheckpointManager
 
     from .resume import checked_resume
 
@@ -66,7 +67,7 @@ def _download_resume_checkpoint(cfg, source: str) -> str:
         raise ConfigError(f"--resume-from {source!r}: expected mlflow:RUN_ID")
     if not cfg.tracking.uri:
         raise ConfigError("--resume-from mlflow:RUN_ID needs tracking.uri (the MLflow server holding the run)")
-    from trainer.tracking import download_checkpoint
+    from neurograph.trainer.tracking import download_checkpoint
 
     try:
         tag = download_checkpoint(cfg.tracking.uri, run_id, Path(cfg.trainer.run_dir) / "checkpoints")
@@ -83,7 +84,7 @@ def model_section(args) -> dict:
         raise ConfigError(f"{args.config} has no `model` section")
     section = dict(raw["model"])
     if section.get("vocab_size") is None:
-        from data_pipeline import load_manifest
+        from neurograph.data_pipeline import load_manifest
 
         path = raw.get("data", {}).get("path")
         try:
@@ -107,7 +108,7 @@ def cmd_model_summary(args) -> int:
     import torch
     from pydantic import ValidationError
 
-    from model import build_model, parse_model_config
+    from neurograph.model import build_model, parse_model_config
 
     from .config import format_validation_error
 
@@ -131,7 +132,7 @@ def cmd_model_summary(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from data_pipeline import DEMO_CORPUS, prepare_corpus
+    from neurograph.data_pipeline import DEMO_CORPUS, prepare_corpus
 
     root = Path(args.run_root)
     data_dir = root / "data"
@@ -140,8 +141,8 @@ def cmd_demo(args) -> int:
         prepare_corpus([str(DEMO_CORPUS)], data_dir, tokenizer="char", seq_len=128)
     run_dir = root / "run"
     overrides = [f"data.path={data_dir}", f"trainer.run_dir={run_dir}", *args.overrides]
-    cfg = resolved(load_config(REPO_CONFIGS / "demo.yaml", overrides))
-    from trainer.checkpoint import CheckpointManager
+    cfg = resolved(load_config(SHIPPED_CONFIGS / "demo.yaml", overrides))
+    from neurograph.trainer.checkpoint import CheckpointManager
 
     resume = "latest" if CheckpointManager(run_dir / "checkpoints").published() else None
     if resume:
@@ -210,7 +211,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_convergence(args) -> int:
-    from model.inl_convergence import plot_convergence
+    from neurograph.model.inl_convergence import plot_convergence
 
     from .inference import encode_prompt
 
@@ -251,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. model.n_layer=4")
     summary.set_defaults(func=cmd_model_summary)
 
-    from data_pipeline.cli import add_data_commands
+    from neurograph.data_pipeline.cli import add_data_commands
 
     add_data_commands(sub.add_parser("data", help="prepare and verify token shards").add_subparsers(
         dest="data_command", required=True))
@@ -289,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_plan_command(sub)
 
+    from .doctor import add_doctor_command
+
+    add_doctor_command(sub)
+
     from .cli_docs import add_config_commands, document
     from .evaluate import add_eval_command
 
@@ -302,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(verbose_flag=args.verbose)
-    from data_pipeline.errors import DataError
+    from neurograph.data_pipeline.errors import DataError
 
     try:
         return args.func(args) or 0

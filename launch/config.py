@@ -13,10 +13,10 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from data_pipeline.config import DataConfig
-from data_pipeline.manifest import load_manifest
-from model import model_config_union, model_spec, registered_architectures
-from trainer.config import DeepSpeedConfig, TrackingConfig, TrainerConfig
+from neurograph.data_pipeline.config import DataConfig
+from neurograph.data_pipeline.manifest import load_manifest
+from neurograph.model import model_config_union, model_spec, registered_architectures
+from neurograph.trainer.config import DeepSpeedConfig, TrackingConfig, TrainerConfig
 
 
 class ConfigError(ValueError):

@@ -14,8 +14,8 @@ from .config import ConfigError
 
 
 def cmd_eval(args) -> int:
-    from data_pipeline import StreamingTokenLoader, load_manifest
-    from trainer.loop import evaluate
+    from neurograph.data_pipeline import StreamingTokenLoader, load_manifest
+    from neurograph.trainer.loop import evaluate
 
     from .inference import load_trained_model
 

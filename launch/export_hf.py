@@ -28,7 +28,7 @@ STANDALONE_REGISTRY = "model/hf/standalone_registry.py"
 ALLOWED_PACKAGES = frozenset({"torch", "transformers", "safetensors", "numpy"}) | frozenset(sys.stdlib_module_names)
 PYDANTIC_NAMES = frozenset({"Field", "model_validator"})  # what standalone_registry.py provides
 _FROM_IMPORT = re.compile(r"^(\s*)from\s+(\S+)\s+import\s+(.*)$", re.MULTILINE)
-_PLAIN_IMPORT = re.compile(r"^\s*import\s+(model|kernels)\b", re.MULTILINE)
+_PLAIN_IMPORT = re.compile(r"^\s*import\s+neurograph\b", re.MULTILINE)
 
 
 def _source_of(module: str, importer: Path) -> Optional[Path]:
@@ -37,8 +37,8 @@ def _source_of(module: str, importer: Path) -> Optional[Path]:
         level = len(module) - len(module.lstrip("."))
         package = importer.parent.parents[level - 2] if level > 1 else importer.parent
         name = module.lstrip(".")
-    elif module.split(".")[0] in ("model", "kernels"):
-        package, name = REPO / module.split(".")[0], ".".join(module.split(".")[1:])
+    elif module.split(".")[:2] in (["neurograph", "model"], ["neurograph", "kernels"]):
+        package, name = REPO / module.split(".")[1], ".".join(module.split(".")[2:])
     else:
         return None
     if not name or "." in name:
@@ -65,7 +65,7 @@ def _rewrite(path: Path, text: str, pending: list[Path]) -> str:
         return f"{indent}from .{source.stem} import {names}"
 
     if _PLAIN_IMPORT.search(text):
-        raise ConfigError(f"{path.relative_to(REPO)}: `import model...`/`import kernels...` cannot be shipped")
+        raise ConfigError(f"{path.relative_to(REPO)}: `import neurograph...` cannot be shipped")
     return _FROM_IMPORT.sub(replace, text)
 
 
@@ -156,8 +156,8 @@ def export_hf(run_dir: str | Path, out: str | Path, checkpoint: str = "latest", 
               overwrite: bool = False, chat_template: Optional[str] = None, max_shard_size: str = "5GB") -> Path:
     """Export a run's checkpoint as a Hugging Face folder `out`; returns `out`. The tokenizer's chat
     template is `chat_template` when given, else the run's `export.chat_template`."""
-    from data_pipeline import load_manifest
-    from trainer.checkpoint import CheckpointManager
+    from neurograph.data_pipeline import load_manifest
+    from neurograph.trainer.checkpoint import CheckpointManager
 
     from .config import load_config
     from .hf_tokenizer import hf_tokenizer
@@ -198,9 +198,9 @@ def save_hf_model(model, section: dict, out: Path, dtype: str = "fp32", special_
     import torch
     from transformers import GenerationConfig
 
-    from model.hf.configuration_neurograph import NeuroGraphConfig
-    from model.hf.modeling_neurograph import NeuroGraphForCausalLM, NeuroGraphRecurrentForCausalLM
-    from model.recurrent import RecurrentGeneration
+    from neurograph.model.hf.configuration_neurograph import NeuroGraphConfig
+    from neurograph.model.hf.modeling_neurograph import NeuroGraphForCausalLM, NeuroGraphRecurrentForCausalLM
+    from neurograph.model.recurrent import RecurrentGeneration
 
     section = dict(section)
     if section.get("scan_impl") == "cpp":  # the C++ scan is not shipped; "auto" picks what is there
@@ -226,7 +226,7 @@ def log_to_mlflow(run_dir: Path, out: Path, register: Optional[str]) -> str:
     import mlflow
     from mlflow.models import infer_signature
 
-    from trainer.tracking import default_tracking_uri
+    from neurograph.trainer.tracking import default_tracking_uri
 
     from .config import load_config
 

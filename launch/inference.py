@@ -6,9 +6,9 @@ from typing import Optional
 
 import torch
 
-from data_pipeline import DataError, load_tokenizer
-from model import build_model
-from trainer.checkpoint import WEIGHTS, CheckpointManager
+from neurograph.data_pipeline import DataError, load_tokenizer
+from neurograph.model import build_model
+from neurograph.trainer.checkpoint import WEIGHTS, CheckpointManager
 
 from .config import ConfigError, NeuroGraphConfig, read_yaml, validate_config
 

@@ -26,8 +26,8 @@ def init_weights_from(cfg: NeuroGraphConfig, source: str) -> NeuroGraphConfig:
     returns `cfg` with `trainer.init_weights` naming the copy."""
     from safetensors.torch import save_file
 
-    from model import build_model
-    from trainer.checkpoint import CheckpointManager
+    from neurograph.model import build_model
+    from neurograph.trainer.checkpoint import CheckpointManager
 
     from .inference import consolidated_state_dict
 

@@ -22,7 +22,7 @@ from typing import Optional
 import psutil
 import torch
 
-from trainer.preemption import STOP_SIGNALS, clear_stop, exit_code
+from neurograph.trainer.preemption import STOP_SIGNALS, clear_stop, exit_code
 
 from .allocator import with_allocator
 from .config import NeuroGraphConfig
@@ -95,7 +95,7 @@ def launch_local(cfg: NeuroGraphConfig, config_file: Path, resume: Optional[str]
     n = cfg.trainer.num_processes
     clear_stop(cfg.trainer.run_dir)  # a stop request left by an earlier launch
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-           "-m", "launch.worker", str(config_file)]
+           "-m", "neurograph.launch.worker", str(config_file)]
     if resume is not None:
         cmd.append(f"--resume={resume}")
     tree = ProcessTree(subprocess.Popen(cmd, env=worker_env(n, cfg.trainer.cpu_allocator), start_new_session=True),

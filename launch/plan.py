@@ -71,7 +71,7 @@ def flash_attention_accounting():
 def traced_activation_bytes(model_cfg, micro_batch: int, seq_len: int, precision: str) -> dict[str, float]:
     """Saved-for-backward bytes of one training forward + loss, traced on the meta device:
     {"per_layer", "rest", "block_input"} (block_input: what a checkpointed block keeps)."""
-    from model import build_model, parse_model_config
+    from neurograph.model import build_model, parse_model_config
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     traced = {}
@@ -88,7 +88,7 @@ def traced_activation_bytes(model_cfg, micro_batch: int, seq_len: int, precision
 
 
 def _saved_bytes(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, float]:
-    from trainer.acceleration import block_list
+    from neurograph.trainer.acceleration import block_list
 
     params = {id(p) for p in model.parameters()}
     saved: dict[int, int] = {}
@@ -137,8 +137,8 @@ class Plan:
 def make_plan(model_cfg, trainer_cfg, zero_stage: int, seq_len: int, nodes: int, gpus_per_node: int, gpu: str,
               tokens: float | None = None, mfu: float = 0.4, headroom: float = 0.1) -> Plan:
     """The plan of one run; `tokens` defaults to the config's max_steps x tokens per step."""
-    from model import build_model, parse_model_config
-    from trainer.mfu import GPU_NAMES, table_peak_tflops
+    from neurograph.model import build_model, parse_model_config
+    from neurograph.trainer.mfu import GPU_NAMES, table_peak_tflops
 
     model_cfg = parse_model_config(model_cfg)
     with torch.device("meta"):
@@ -193,8 +193,8 @@ def format_plan(p: Plan) -> str:
 
 
 def cmd_plan(args) -> int:
-    from model import parse_model_config
-    from trainer.config import DeepSpeedConfig, TrainerConfig
+    from neurograph.model import parse_model_config
+    from neurograph.trainer.config import DeepSpeedConfig, TrainerConfig
 
     from .cli import model_section
     from .config import ConfigError, apply_overrides, read_yaml

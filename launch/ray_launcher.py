@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from trainer.preemption import STOP_SIGNALS, Stopped, clear_stop, exit_code, request_stop
+from neurograph.trainer.preemption import STOP_SIGNALS, Stopped, clear_stop, exit_code, request_stop
 
 from .allocator import with_allocator
 from .config import NeuroGraphConfig
@@ -124,7 +124,7 @@ def _train_loop_per_worker(config: dict) -> None:
     """One Ray Train worker: the NeuroGraph trainer loop on a DeepSpeed engine."""
     import ray.train
 
-    from trainer.loop import train
+    from neurograph.trainer.loop import train
 
     from .config import validate_config
 

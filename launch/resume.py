@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from trainer.checkpoint import WEIGHTS, CheckpointManager, read_manifest
-from trainer.tracking import flatten_params
+from neurograph.trainer.checkpoint import WEIGHTS, CheckpointManager, read_manifest
+from neurograph.trainer.tracking import flatten_params
 
 from .config import ConfigError, NeuroGraphConfig
 

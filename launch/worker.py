@@ -13,9 +13,9 @@ import torch.distributed as dist
 _HIDE_MLFLOW = "mlflow" not in sys.modules
 if _HIDE_MLFLOW:
     sys.modules["mlflow"] = None  # `import mlflow` raises ImportError
-from trainer.loop import train  # noqa: E402
-from trainer.nonfinite import NonFiniteError  # noqa: E402
-from trainer.preemption import Stopped, exit_code  # noqa: E402
+from neurograph.trainer.loop import train  # noqa: E402
+from neurograph.trainer.nonfinite import NonFiniteError  # noqa: E402
+from neurograph.trainer.preemption import Stopped, exit_code  # noqa: E402
 
 if _HIDE_MLFLOW:
     del sys.modules["mlflow"]

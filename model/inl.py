@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from kernels.integrator import (INIT_RAW_BIAS, controller_activations, integrator_adaptive, integrator_iterations,
+from neurograph.kernels.integrator import (INIT_RAW_BIAS, controller_activations, integrator_adaptive, integrator_iterations,
                                 integrator_step, use_fused_iterations)
 
 from .generation import generate

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels.dropout import dropout
+from neurograph.kernels.dropout import dropout
 
 
 def check_shapes(d_model: int, n_head: int, rope: bool = False, group_size: int = 0) -> None:

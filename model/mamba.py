@@ -21,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from kernels.causal_conv1d import causal_conv1d_silu
-from kernels.selective_scan import cpp_scan_backward, cpp_scan_forward, resolve_scan_impl, selective_scan
+from neurograph.kernels.causal_conv1d import causal_conv1d_silu
+from neurograph.kernels.selective_scan import cpp_scan_backward, cpp_scan_forward, resolve_scan_impl, selective_scan
 
 
 def no_weight_decay(param: nn.Parameter) -> nn.Parameter:

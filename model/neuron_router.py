@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from kernels.neuron_attention import neuron_attention, topk_neuron_attention
+from neurograph.kernels.neuron_attention import neuron_attention, topk_neuron_attention
 
 ROUTINGS = ("dense", "none", "static", "topk", "hierarchical")
 

@@ -19,7 +19,7 @@ def corpus_text(name: str = "shakespeare", chars: int = 300_000) -> str:
     """The first `chars` characters of a shared corpus (the shipped copy for Shakespeare)."""
     path = SHARED_DATA / f"{name}.txt.xz"
     if not path.exists() and name == "shakespeare":
-        from data_pipeline import DEMO_CORPUS
+        from neurograph.data_pipeline import DEMO_CORPUS
 
         path = Path(DEMO_CORPUS)
     with lzma.open(path, "rt", encoding="utf-8") as f:
@@ -29,7 +29,7 @@ def corpus_text(name: str = "shakespeare", chars: int = 300_000) -> str:
 @pytest.fixture(scope="session")
 def char_data(tmp_path_factory) -> Path:
     """A char-level dataset: seq_len 64, small shards so 2 ranks x 4 rows have enough streams."""
-    from data_pipeline import prepare_corpus
+    from neurograph.data_pipeline import prepare_corpus
 
     root = tmp_path_factory.mktemp("char_data")
     src = root / "corpus.txt"

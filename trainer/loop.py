@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from data_pipeline import IGNORE_INDEX, StreamingTokenLoader
-from model import build_model
+from neurograph.data_pipeline import IGNORE_INDEX, StreamingTokenLoader
+from neurograph.model import build_model
 
 from .acceleration import accelerate
 from .checkpoint import CheckpointManager

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline import DEMO_CORPUS, prepare_corpus
+from neurograph.data_pipeline import DEMO_CORPUS, prepare_corpus
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

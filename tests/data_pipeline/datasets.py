@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.manifest import FORMAT_VERSION, MANIFEST
-from data_pipeline.shards import write_shard
+from neurograph.data_pipeline.manifest import FORMAT_VERSION, MANIFEST
+from neurograph.data_pipeline.shards import write_shard
 
 SEQ_LEN = 4
 VOCAB = 1 << 20

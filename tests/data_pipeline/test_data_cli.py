@@ -3,8 +3,8 @@ import argparse
 
 import pytest
 
-from data_pipeline import load_manifest, verify
-from data_pipeline.cli import add_data_commands
+from neurograph.data_pipeline import load_manifest, verify
+from neurograph.data_pipeline.cli import add_data_commands
 
 
 def _run(argv):
@@ -35,7 +35,7 @@ def _cli(*args, cwd=None):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "neurograph.launch.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 def test_bad_prepare_inputs_are_one_line_errors_and_keep_the_data(tmp_path, shakespeare):
@@ -75,7 +75,7 @@ def test_prepare_memory_is_flat_in_the_corpus_size(tmp_path, shakespeare):
     # RUSAGE_CHILDREN would also count every earlier child of the session (a C++ kernel build: 1.5 GB).
     measure = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024); sys.exit(done.returncode)")
-    done = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "launch.cli", "data", "prepare",
+    done = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "neurograph.launch.cli", "data", "prepare",
                            "--input", str(big), "--out", str(tmp_path / "data"), "--workers", "2"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -10,7 +10,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from data_pipeline import StreamingTokenLoader
+from neurograph.data_pipeline import StreamingTokenLoader
 
 from .datasets import ids, numbered_dataset
 

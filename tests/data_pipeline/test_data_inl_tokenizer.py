@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_pipeline import load_manifest, load_tokenizer
+from neurograph.data_pipeline import load_manifest, load_tokenizer
 
 from ..conftest import REPO, SHARED_DATA
 
@@ -21,7 +21,7 @@ def test_inl_1_1b_prepare_command_gives_its_vocabulary(tmp_path):
     corpus = SHARED_DATA / "brown.txt.xz"  # 6 MB of real text: enough merges for a GPT-2-size vocabulary
     args[args.index("--input") + 1] = str(corpus)
     args[args.index("--out") + 1] = str(tmp_path / "data")
-    subprocess.run([sys.executable, "-m", "launch.cli", *args, "--workers", "2"], check=True, cwd=REPO, timeout=900)
+    subprocess.run([sys.executable, "-m", "neurograph.launch.cli", *args, "--workers", "2"], check=True, cwd=REPO, timeout=900)
     m = load_manifest(tmp_path / "data")
     vocab = yaml.safe_load(config)["model"]["vocab_size"]
     assert m["tokenizer"]["vocab_size"] == vocab == 50_261 and m["tokenizer"]["kind"] == "bpe"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipeline import IGNORE_INDEX, ShardError, StreamingTokenLoader
-from data_pipeline.errors import DataError
-from data_pipeline.order import MixtureSchedule, SplitOrder
+from neurograph.data_pipeline import IGNORE_INDEX, ShardError, StreamingTokenLoader
+from neurograph.data_pipeline.errors import DataError
+from neurograph.data_pipeline.order import MixtureSchedule, SplitOrder
 
 from .datasets import SEQ_LEN, ids, numbered_dataset
 

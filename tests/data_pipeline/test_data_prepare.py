@@ -9,8 +9,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from data_pipeline import DataError, ShardError, iter_split, load_manifest, load_tokenizer, prepare_corpus, verify
-from data_pipeline.prepare import SPLIT_BLOCK_SAMPLES
+from neurograph.data_pipeline import DataError, ShardError, iter_split, load_manifest, load_tokenizer, prepare_corpus, verify
+from neurograph.data_pipeline.prepare import SPLIT_BLOCK_SAMPLES
 
 
 def _write(path, text):

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from data_pipeline import StreamingTokenLoader, load_manifest, prepare_corpus, verify
+from neurograph.data_pipeline import StreamingTokenLoader, load_manifest, prepare_corpus, verify
 
 
 def _free_port() -> int:
@@ -66,7 +66,7 @@ def test_prepare_to_and_stream_from_s3(s3_server, tmp_path, shakespeare):
     assert all(b.shape == (4, 33) for b in batches)
     # training from the bucket: one process, a few steps, through the CLI as a user runs it
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "launch.cli", "train", "--config", "configs/demo.yaml", f"data.path={url}",
+    cmd = [sys.executable, "-m", "neurograph.launch.cli", "train", "--config", "configs/demo.yaml", f"data.path={url}",
            "data.seq_len=32", f"trainer.run_dir={run}", "trainer.num_processes=1", "trainer.max_steps=3",
            "trainer.micro_batch_size=4", "trainer.grad_accum_steps=1", "trainer.eval_every=0", "trainer.checkpoint_every=0",
            "trainer.log_every=1", "tracking.enabled=false", "model.n_layer=1", "model.d_model=32", "model.n_head=2",

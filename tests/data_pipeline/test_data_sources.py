@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.sources import iter_corpus, iter_documents, text8_normalize
+from neurograph.data_pipeline.sources import iter_corpus, iter_documents, text8_normalize
 
 DOCS = ["First document.\nWith two lines é.\n", "Second: {\"json\"} 漢字", "third"]
 
@@ -79,7 +79,7 @@ def test_text8_normalisation(tmp_path, shakespeare):
 
 
 def test_long_text_streams_in_pieces_that_rejoin_exactly(tmp_path, shakespeare, monkeypatch):
-    import data_pipeline.sources as sources
+    import neurograph.data_pipeline.sources as sources
 
     monkeypatch.setattr(sources, "PIECE_CHARS", 1000)  # many pieces from a small file
     path = _write(tmp_path / "long.txt.gz", shakespeare.encode())

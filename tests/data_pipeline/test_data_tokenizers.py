@@ -1,7 +1,7 @@
 """Tokenizers: lossless round trips on real text, save/load through load_tokenizer."""
 import pytest
 
-from data_pipeline.tokenizers import CharTokenizer, SentencePieceTokenizer, load_tokenizer
+from neurograph.data_pipeline.tokenizers import CharTokenizer, SentencePieceTokenizer, load_tokenizer
 
 ODD = "  two  spaces\n\n\ttab, trailing space \r\nunicode: é ß 漢字 🙂\x00 end"
 
@@ -48,7 +48,7 @@ CHAT = "<SYSTEM> be brief\n<USER> What is  2+2?<|endoftext|><ASSISTANT> four �
 
 
 def test_special_tokens_never_split_and_round_trip_in_every_kind(tmp_path, shakespeare):
-    from data_pipeline.tokenizers import HFTokenizer
+    from neurograph.data_pipeline.tokenizers import HFTokenizer
 
     roles = {"eos": "<|endoftext|>"}
     lines = shakespeare[:60_000].splitlines()
@@ -66,7 +66,7 @@ def test_special_tokens_never_split_and_round_trip_in_every_kind(tmp_path, shake
 
 
 def test_existing_hf_tokenizer_gets_missing_specials(tmp_path, shakespeare):
-    from data_pipeline.tokenizers import HFTokenizer
+    from neurograph.data_pipeline.tokenizers import HFTokenizer
 
     base = HFTokenizer.train_bpe(shakespeare[:30_000].splitlines(), vocab_size=400)
     (tmp_path / "saved").mkdir()

@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-BLOCKED = ("model", "kernels", "trainer", "data_pipeline", "launch", "pydantic", "deepspeed")
+# NeuroGraph lives under `neurograph.` only; `kernels` is Hugging Face's (a transformers dependency)
+BLOCKED = ("neurograph", "pydantic", "deepspeed")
 REPO = Path(__file__).resolve().parents[2]
 attempts: list[str] = []
 

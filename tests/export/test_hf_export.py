@@ -16,8 +16,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from data_pipeline import load_manifest
-from launch import cli
+from neurograph.data_pipeline import load_manifest
+from neurograph.launch import cli
 from tests.conftest import corpus_text
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def chat_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sp_data(tmp_path_factory) -> Path:
-    from data_pipeline import prepare_corpus
+    from neurograph.data_pipeline import prepare_corpus
 
     root = tmp_path_factory.mktemp("sp_data")
     (root / "corpus.txt").write_text(corpus_text(chars=80_000))
@@ -74,7 +74,7 @@ def _start_training(root: Path, name: str, model: dict, data: Path, zero_stage: 
            "tracking": {"experiment": "export", "enabled": name == MLFLOW_RUN}}
     (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
     with open(root / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "launch.cli", "train", "--config", str(root / f"{name}.yaml")],
+        return subprocess.Popen([sys.executable, "-m", "neurograph.launch.cli", "train", "--config", str(root / f"{name}.yaml")],
                                 stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -98,7 +98,7 @@ def export(run: Path, out: Path, *options: str) -> int:
 @pytest.fixture(scope="module")
 def reference(runs) -> dict[str, dict]:
     """What the project itself computes for every run: logits on held-back text, greedy ids."""
-    from launch.inference import load_trained_model
+    from neurograph.launch.inference import load_trained_model
 
     out = {}
     for name, run in runs.items():

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
-from data_pipeline.tokenizers import CharTokenizer, role_ids
-from launch.hf_tokenizer import hf_tokenizer
+from neurograph.data_pipeline.tokenizers import CharTokenizer, role_ids
+from neurograph.launch.hf_tokenizer import hf_tokenizer
 
 CHARS = [" ", "a", "b", "c", "\n"]
 ROLES = ["<USER>", "<ASSISTANT>", "<SYSTEM>", "<ERROR>"]

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-TRITON_MODULES = ("kernels.selective_scan_triton", "kernels.integrator_triton", "kernels.neuron_attention_triton")
+TRITON_MODULES = ("neurograph.kernels.selective_scan_triton", "neurograph.kernels.integrator_triton", "neurograph.kernels.neuron_attention_triton")
 ON_GPU = torch.cuda.is_available()
 
 

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from kernels import causal_conv1d as cc
-from kernels import dropout as dr
-from kernels.cpu_extension import cpu_extension_available
+from neurograph.kernels import causal_conv1d as cc
+from neurograph.kernels import dropout as dr
+from neurograph.kernels.cpu_extension import cpu_extension_available
 from tests.conftest import REPO
 
 
@@ -117,7 +117,7 @@ def test_dropout_elsewhere_is_torch_dropout():
 def test_neuron_attention_drops_the_softmax_weights_with_the_counter_mask(routing):
     """The CPU neuron attention with dropout equals attention whose softmax weights are multiplied
     by the counter kernel's mask / (1 - p) for the same generator state, outputs and gradients."""
-    from kernels.neuron_attention import neuron_attention_reference, topk_attention_reference
+    from neurograph.kernels.neuron_attention import neuron_attention_reference, topk_attention_reference
 
     g = torch.Generator().manual_seed(3)
     M, N, H, hd, k, p = 5, 7, 2, 3, 4, 0.3
@@ -160,8 +160,8 @@ def test_kernels_run_on_torch_threads_with_the_one_thread_result():
     """Built with OpenMP (at::parallel_for is `#pragma omp` in a header: without -fopenmp every
     kernel silently ran on one thread), and the per-thread partial sums of the backward passes
     (conv weight and bias, scan A, D and delta_bias) give the single-thread gradients."""
-    from kernels.cpu_extension import load_cpu_extension
-    from kernels.selective_scan import selective_scan
+    from neurograph.kernels.cpu_extension import load_cpu_extension
+    from neurograph.kernels.selective_scan import selective_scan
 
     for source in ("causal_conv1d_cpu.cpp", "dropout_cpu.cpp", "selective_scan_cpu.cpp"):
         with open(load_cpu_extension(source).__file__, "rb") as f:
@@ -189,10 +189,10 @@ def test_a_kernel_builds_the_same_whichever_kernels_loaded_before_it():
     (Regression: torch extends `extra_ldflags` in place, and a shared flag list grew with every load.)"""
     import subprocess
 
-    from kernels.cpu_extension import load_cpu_extension
+    from neurograph.kernels.cpu_extension import load_cpu_extension
 
     so = load_cpu_extension("dropout_cpu.cpp").__file__
-    script = ("from kernels.cpu_extension import load_cpu_extension as load; "
+    script = ("from neurograph.kernels.cpu_extension import load_cpu_extension as load; "
               "[load(s) for s in ('causal_conv1d_cpu.cpp', 'selective_scan_cpu.cpp', 'dropout_cpu.cpp')]")
     before = os.stat(so).st_mtime_ns
     subprocess.run([sys.executable, "-c", script], check=True, timeout=600, cwd=REPO)
@@ -202,7 +202,7 @@ def test_a_kernel_builds_the_same_whichever_kernels_loaded_before_it():
 def test_a_kernel_is_rebuilt_when_a_shared_header_changes(tmp_path):
     """torch's JIT rebuild check sees a kernel's .cpp only: the build name must change with the headers
     it includes (kernels/cpu_math.h), or an edited header would keep running the old build."""
-    from kernels.cpu_extension import build_name
+    from neurograph.kernels.cpu_extension import build_name
 
     source, header = tmp_path / "k_cpu.cpp", tmp_path / "cpu_math.h"
     source.write_text('#include "cpu_math.h"\n')

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from kernels import integrator as K
+from neurograph.kernels import integrator as K
 
 
 def test_step_matches_card_formula():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import selective_scan as ss
+from neurograph.kernels import selective_scan as ss
 
 from .scan_reference import mamba_ssm_reference
 
@@ -92,7 +92,7 @@ def test_mixed_precision_computes_in_the_widest_dtype(impl):
 
 
 def test_float64_mamba_block_runs_with_the_default_backend():
-    from model.mamba import MambaBlock
+    from neurograph.model.mamba import MambaBlock
 
     torch.manual_seed(0)
     blk = MambaBlock(8, d_state=4).double()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import selective_scan as ss
+from neurograph.kernels import selective_scan as ss
 
 
 def _inputs(b, d, s, t, dtype=torch.float64, seed=0):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import integrator_triton
-from kernels.integrator import integrator_adaptive, integrator_iterations, integrator_iterations_reference
+from neurograph.kernels import integrator_triton
+from neurograph.kernels.integrator import integrator_adaptive, integrator_iterations, integrator_iterations_reference
 from tests.kernels.conftest import assert_close
 
 # the interpreter evaluates sigmoid as 1 / (1 + exp(-x)) in numpy: exp overflows to inf for very

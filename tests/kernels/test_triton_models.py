@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from model.inl import INLConfig, INLModel
-from model.inn import INN, INNConfig
+from neurograph.model.inl import INLConfig, INLModel
+from neurograph.model.inn import INN, INNConfig
 from tests.kernels.conftest import assert_close
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.neuron_attention import neuron_attention, topk_neuron_attention
-from kernels.neuron_attention_triton import TritonNeuronAttention, TritonTopKAttention, attention_dropout_scale, draw_seed
+from neurograph.kernels.neuron_attention import neuron_attention, topk_neuron_attention
+from neurograph.kernels.neuron_attention_triton import TritonNeuronAttention, TritonTopKAttention, attention_dropout_scale, draw_seed
 from tests.kernels.conftest import assert_close
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.selective_scan import selective_scan, selective_scan_ref
+from neurograph.kernels.selective_scan import selective_scan, selective_scan_ref
 from tests.kernels.conftest import assert_close
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from launch import allocator
-from launch.allocator import JEMALLOC_CONF, find_jemalloc, with_allocator
-from launch.local import worker_env
+from neurograph.launch import allocator
+from neurograph.launch.allocator import JEMALLOC_CONF, find_jemalloc, with_allocator
+from neurograph.launch.local import worker_env
 from tests.conftest import REPO
 
 # Allocates and frees a 256 MB tensor 8 times, touching every page; prints the page faults of the loop.

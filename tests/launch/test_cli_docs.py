@@ -9,11 +9,11 @@ import re
 import pytest
 import yaml
 
-from launch.cli import build_parser, main
-from launch.cli_docs import _subcommands, is_leaf
-from launch.config import NeuroGraphConfig
-from launch.config_doc import README_BEGIN, readme_block
-from model import model_spec, registered_architectures
+from neurograph.launch.cli import build_parser, main
+from neurograph.launch.cli_docs import _subcommands, is_leaf
+from neurograph.launch.config import NeuroGraphConfig
+from neurograph.launch.config_doc import README_BEGIN, readme_block
+from neurograph.model import model_spec, registered_architectures
 from tests.conftest import REPO
 from tests.trainer.runs import TINY_TRANSFORMER
 
@@ -77,4 +77,4 @@ def test_config_show_resolves_a_config_with_overrides(tmp_path, char_data, capsy
 def test_readme_config_reference_is_up_to_date():
     readme = (REPO / "README.md").read_text()
     assert README_BEGIN in readme, "README.md lacks the generated config reference"
-    assert readme_block() in readme, "README's config reference is out of date: run `python -m launch.config_doc README.md`"
+    assert readme_block() in readme, "README's config reference is out of date: run `python -m neurograph.launch.config_doc README.md`"

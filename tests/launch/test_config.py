@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from launch.config import ConfigError, load_config
+from neurograph.launch.config import ConfigError, load_config
 
 
 def base_config(data_dir) -> dict:
@@ -26,7 +26,7 @@ def write(tmp_path, raw) -> str:
 
 def test_valid_config_takes_vocab_from_manifest(char_data, tmp_path):
     cfg = load_config(write(tmp_path, base_config(char_data)), ["trainer.lr=3e-4", "deepspeed.zero_stage=3"])
-    from data_pipeline import load_manifest
+    from neurograph.data_pipeline import load_manifest
 
     assert cfg.model.vocab_size == load_manifest(char_data)["tokenizer"]["vocab_size"]
     assert cfg.trainer.lr == pytest.approx(3e-4)
@@ -78,7 +78,7 @@ def test_cli_rejects_bad_config_before_starting_processes(char_data, tmp_path):
     """Exit code 2 and the field on stderr; no run directory is created."""
     raw = base_config(char_data)
     raw["trainer"]["run_dir"] = str(tmp_path / "run")
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "train", "--config", write(tmp_path, raw),
+    proc = subprocess.run([sys.executable, "-m", "neurograph.launch.cli", "train", "--config", write(tmp_path, raw),
                            "deepspeed.zero_stage=4"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "deepspeed.zero_stage" in proc.stderr

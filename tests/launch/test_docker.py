@@ -30,9 +30,20 @@ def test_hadolint_passes(dockerfile):
 def test_gpu_image_builds_every_kernel():
     text = (DOCKER / "Dockerfile.gpu").read_text()
     assert "FROM ${CUDA_IMAGE}" in text and "nvidia/cuda:" in text and "devel" in text
-    for needed in ("DS_BUILD_OPS=1", "mamba-ssm==", "causal-conv1d==", 'pip install -e ".[gpu]"', "import deepspeed, "
-                   "mamba_ssm, causal_conv1d, triton, ray, mlflow"):
+    for needed in ("DS_BUILD_OPS=1", "--no-build-isolation -r requirements/cuda-kernels.txt",
+                   "import deepspeed, mamba_ssm, causal_conv1d, triton, ray, mlflow"):
         assert needed in text, needed
+
+
+@pytest.mark.parametrize("dockerfile, lock", [("Dockerfile", "cpu.txt"), ("Dockerfile.gpu", "cuda.txt")])
+def test_images_install_the_lock(dockerfile, lock):
+    """Each image syncs its platform's lock before the sources arrive, then installs NeuroGraph without
+    resolving anything (--no-deps) and runs `neurograph doctor`, which reports departures from the lock."""
+    text = (DOCKER / dockerfile).read_text()
+    sync = text.index("uv pip sync --python /opt/venv/bin/python")
+    assert text.index("COPY requirements/ requirements/") < sync < text.index("COPY . .")
+    assert f"requirements/{lock}" in text[sync:text.index("\n", text.index(lock, sync))]
+    assert "--no-deps -e ." in text and "neurograph doctor" in text
 
 
 def manifest() -> dict:

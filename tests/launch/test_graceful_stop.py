@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from trainer.checkpoint import CheckpointManager, tag_for
+from neurograph.trainer.checkpoint import CheckpointManager, tag_for
 
 from tests.trainer.runs import losses, read_metrics, running, train, train_command, wait_for
 
@@ -97,7 +97,7 @@ def test_second_sigterm_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, ch
     assert code == 143, log[-4000:]
     assert seconds < 10, seconds
     assert_nothing_left(seen)
-    from launch.inference import load_trained_model
+    from neurograph.launch.inference import load_trained_model
 
     manager = CheckpointManager(tmp_path / "run" / "checkpoints")
     assert manager.latest_tag() in manager.published() and manager.published()[0] >= tag_for(4)

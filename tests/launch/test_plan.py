@@ -13,10 +13,10 @@ import yaml
 from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs, model_to_params
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
-from launch.cli import main
-from launch.plan import GIB, make_plan, traced_activation_bytes
-from model import build_model, parse_model_config
-from trainer.config import TrainerConfig
+from neurograph.launch.cli import main
+from neurograph.launch.plan import GIB, make_plan, traced_activation_bytes
+from neurograph.model import build_model, parse_model_config
+from neurograph.trainer.config import TrainerConfig
 
 from ..conftest import REPO
 
@@ -36,7 +36,7 @@ SMALL = {
 PEAK_STEP = """
 import json, os, sys
 import torch, torch.nn.functional as F
-from model import build_model
+from neurograph.model import build_model
 cfg, mb, T = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 torch.manual_seed(0)
 model = build_model(cfg).train()
@@ -120,8 +120,8 @@ def test_plan_cli_for_the_1_1b_config(capsys):
 @pytest.mark.parametrize("path", sorted((REPO / "configs/scale").glob("*.yaml")), ids=lambda p: p.name)
 def test_scale_configs_validate_and_carry_their_plan(path):
     """Every section but data (whose shards live on the cluster) validates; the comment holds the plan."""
-    from launch.config import LauncherConfig
-    from trainer.config import DeepSpeedConfig, TrackingConfig
+    from neurograph.launch.config import LauncherConfig
+    from neurograph.trainer.config import DeepSpeedConfig, TrackingConfig
 
     raw = yaml.safe_load(path.read_text())
     parse_model_config(raw["model"])

@@ -7,9 +7,9 @@ import sys
 import pytest
 import yaml
 
-from launch.cli import main
-from launch.config import ConfigError, load_config
-from launch.ray_launcher import _ray_address, worker_env
+from neurograph.launch.cli import main
+from neurograph.launch.config import ConfigError, load_config
+from neurograph.launch.ray_launcher import _ray_address, worker_env
 from tests.trainer.runs import TINY_TRANSFORMER
 
 

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import psutil
 import pytest
@@ -36,7 +37,7 @@ def node_env() -> dict[str, str]:
 class Node:
     """One `ray start --block` node on 127.0.0.1 with its own ports, in its own session."""
 
-    def __init__(self, log: Path, ip: str, *args: str):
+    def __init__(self, log: Path, ip: str, *args: str, env: Optional[dict[str, str]] = None):
         ports = [(flag, str(free_port())) for flag in (
             "--node-manager-port", "--object-manager-port", "--metrics-export-port", "--dashboard-agent-grpc-port",
             "--dashboard-agent-listen-port", "--runtime-env-agent-port")]
@@ -44,7 +45,7 @@ class Node:
         self.proc = subprocess.Popen(
             [str(BIN / "ray"), "start", "--block", "--node-ip-address", ip, "--num-cpus", "1",
              "--disable-usage-stats", *[x for pair in ports for x in pair], *args],
-            stdout=self.log, stderr=subprocess.STDOUT, env=node_env(), start_new_session=True)
+            stdout=self.log, stderr=subprocess.STDOUT, env={**node_env(), **(env or {})}, start_new_session=True)
 
     def raylet(self) -> psutil.Process:
         for child in psutil.Process(self.proc.pid).children(recursive=True):
@@ -57,11 +58,12 @@ class Node:
         self.log.close()
 
 
-def join(api: str, log: Path, ip: str, *args: str, expect: int, attempts: int = 3) -> Node:
+def join(api: str, log: Path, ip: str, *args: str, expect: int, attempts: int = 3,
+         env: Optional[dict[str, str]] = None) -> Node:
     """Start a node and wait until `expect` nodes are alive. A raylet gets 30 s (Ray's constant) to
     register with the GCS; on a loaded machine that can pass, and the node is started again."""
     for attempt in range(attempts):
-        node = Node(log.with_suffix(f".{attempt}.log"), ip, *args)
+        node = Node(log.with_suffix(f".{attempt}.log"), ip, *args, env=env)
         deadline = time.monotonic() + 120
         while node.proc.poll() is None and time.monotonic() < deadline:
             if len(alive_nodes(api)) == expect:

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from launch.cli import main
-from launch.inference import encode_prompt, load_trained_model
+from neurograph.launch.cli import main
+from neurograph.launch.inference import encode_prompt, load_trained_model
 from tests.trainer.runs import read_metrics, train, train_command
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def test_generate_writes_only_the_text_to_stdout(trained, tmp_path):
     run, _, _ = trained
     env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}  # as a user's shell has it
     with open(tmp_path / "out.txt", "w") as out:
-        proc = subprocess.run([sys.executable, "-m", "launch.cli", "generate", "--run", str(run), "--prompt", "ROMEO:",
+        proc = subprocess.run([sys.executable, "-m", "neurograph.launch.cli", "generate", "--run", str(run), "--prompt", "ROMEO:",
                                "--max-new-tokens", "40"], stdout=out, stderr=subprocess.PIPE, text=True, env=env,
                               cwd=tmp_path, timeout=300)  # from another directory
     assert proc.returncode == 0, proc.stderr

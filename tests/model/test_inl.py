@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
-from kernels.integrator import integrator_dynamics, is_stable, linear_dynamics_matrix, spectral_radius
-from model import build_model, parse_model_config
-from model.generation import filter_logits, generate
-from model.inl import INLConfig, INLModel, IntegratorBranch, IntegratorController, parameter_breakdown
+from neurograph.kernels.integrator import integrator_dynamics, is_stable, linear_dynamics_matrix, spectral_radius
+from neurograph.model import build_model, parse_model_config
+from neurograph.model.generation import filter_logits, generate
+from neurograph.model.inl import INLConfig, INLModel, IntegratorBranch, IntegratorController, parameter_breakdown
 
 from .inl_reference import card_integrator
 
@@ -197,7 +197,7 @@ def test_controller_split_matches_concatenated_definition_and_init():
     h, z, v = torch.randn(3, 7, 32).unbind(0)
     assert torch.allclose(ctrl(ctrl.context(h), z, v, 1), ctrl.reference(h, z, v, 1), atol=1e-6)
     assert torch.allclose(ctrl(ctrl.context(h), z, None, 0), ctrl.reference(h, z, torch.zeros_like(v), 0), atol=1e-6)
-    from kernels.integrator import controller_activations
+    from neurograph.kernels.integrator import controller_activations
     alpha, beta, gate, vt = controller_activations(ctrl.reference(h, z, v))
     assert alpha.mean().item() == pytest.approx(0.8, abs=0.02)
     assert beta.mean().item() == pytest.approx(0.5, abs=0.02)
@@ -343,7 +343,7 @@ def test_options_and_flops():
 
 
 def test_convergence_plot(tmp_path):
-    from model.inl_convergence import plot_convergence, trace_convergence
+    from neurograph.model.inl_convergence import plot_convergence, trace_convergence
 
     model = tiny(feedforward_dim=0)
     ids = torch.randint(0, 97, (20,))

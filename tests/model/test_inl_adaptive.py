@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import build_model
+from neurograph.model import build_model
 from tests.conftest import corpus_text
 
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import build_model
-from model.hf_integrator import INLFeedForward, replace_ffn_with_inl
-from model.inl import IntegratorController
+from neurograph.model import build_model
+from neurograph.model.hf_integrator import INLFeedForward, replace_ffn_with_inl
+from neurograph.model.inl import IntegratorController
 
 
 @pytest.mark.parametrize("base", ["gpt2", "llama"])

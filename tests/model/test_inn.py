@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import build_model
-from model.inn import INNConfig
-from model.neuron_router import DenseRouter, HierarchicalRouter, TopKRouter
+from neurograph.model import build_model
+from neurograph.model.inn import INNConfig
+from neurograph.model.neuron_router import DenseRouter, HierarchicalRouter, TopKRouter
 
 ROUTINGS = ["dense", "none", "static", "topk", "hierarchical"]
 PAPER_PARAMS = 4_227_328  # N=32, D=256, S=16, L=6, 4 heads, vocab 27, identity vectors on
@@ -278,8 +278,8 @@ def test_recomputed_layers_give_the_plain_models_loss_and_gradients(scan_impl, o
     scan's chunk states kept, the scan output for out_proj's weight gradient taken from the scan's
     backward, `rows` positions per backward slice; the router half keeps its q/k/v projections) equals
     the model without recomputation: float64, dropout on, one parameter frozen."""
-    import model.mamba as mamba
-    from kernels.selective_scan import cpp_scan_available
+    import neurograph.model.mamba as mamba
+    from neurograph.kernels.selective_scan import cpp_scan_available
 
     if rows is not None:
         monkeypatch.setattr(mamba, "RECOMPUTE_ROWS", rows)  # 1: one slice per sequence of the batch
@@ -324,8 +324,8 @@ def test_recomputed_layers_keep_the_routers_qkv_projection():
 def test_recomputed_layers_run_the_scan_forward_and_out_proj_once(monkeypatch):
     """The point of MambaBlock.recomputed: a training step with checkpoint_layers runs each layer's
     scan forward and out_proj once (torch's checkpoint of the whole block would run both twice)."""
-    import model.mamba as mamba
-    from kernels.selective_scan import cpp_scan_available
+    import neurograph.model.mamba as mamba
+    from neurograph.kernels.selective_scan import cpp_scan_available
 
     if not cpp_scan_available():
         pytest.fail("the C++ scan does not build here: the recomputed path is untested")

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_pipeline.config import DataConfig
-from launch.config import LauncherConfig
-from model import parse_model_config
-from trainer.config import DeepSpeedConfig, TrackingConfig, TrainerConfig
+from neurograph.data_pipeline.config import DataConfig
+from neurograph.launch.config import LauncherConfig
+from neurograph.model import parse_model_config
+from neurograph.trainer.config import DeepSpeedConfig, TrackingConfig, TrainerConfig
 
 CONFIGS = sorted(p for pattern in ("inn_*.yaml", "lstm_*.yaml", "mamba_*.yaml")
                  for p in (Path(__file__).resolve().parents[2] / "configs").glob(pattern))

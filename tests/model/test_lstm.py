@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from model import build_model
+from neurograph.model import build_model
 
 
 def test_lstm_parameter_count():

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import build_model
-from model.mamba import MambaBlock
+from neurograph.model import build_model
+from neurograph.model.mamba import MambaBlock
 
 
 def test_block_initialisation_follows_spec():

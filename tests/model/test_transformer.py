@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import build_model
+from neurograph.model import build_model
 
 SMALL = {"arch": "transformer", "vocab_size": 31, "d_model": 64, "n_layer": 2, "n_head": 4, "d_ff": 128,
          "max_seq_len": 32}
@@ -46,7 +46,7 @@ def test_tied_head_and_parameter_count():
 
 
 def test_summary_cli_counts_the_1_1b_inl_on_the_meta_device():
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "model", "summary", "--config",
+    proc = subprocess.run([sys.executable, "-m", "neurograph.launch.cli", "model", "summary", "--config",
                            str(Path(__file__).parents[2] / "configs" / "inl_1.1b.yaml"), "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)

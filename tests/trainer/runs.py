@@ -49,7 +49,7 @@ def train_command(tmp_path: Path, data_dir: Path, name: str, *overrides: str, re
     config_file.write_text(yaml.safe_dump(cfg))
     if not any(o.startswith("tracking.uri=") for o in overrides):
         seed_mlflow_store(run_dir)
-    cmd = [sys.executable, "-m", "launch.cli", "train", "--config", str(config_file), *overrides]
+    cmd = [sys.executable, "-m", "neurograph.launch.cli", "train", "--config", str(config_file), *overrides]
     if resume:
         cmd.append("--resume")
     return cmd

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import build_model
-from trainer.acceleration import block_list, checkpoint_blocks, checkpointing_mode, compile_blocks
-from trainer.config import TrainerConfig
+from neurograph.model import build_model
+from neurograph.trainer.acceleration import block_list, checkpoint_blocks, checkpointing_mode, compile_blocks
+from neurograph.trainer.config import TrainerConfig
 
 from .runs import losses, train
 

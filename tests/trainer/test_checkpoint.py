@@ -10,7 +10,7 @@ SCRIPT = textwrap.dedent('''
     import os, sys
     from pathlib import Path
     import torch, deepspeed
-    from trainer.checkpoint import CheckpointManager
+    from neurograph.trainer.checkpoint import CheckpointManager
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29531", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     deepspeed.init_distributed(dist_backend="gloo")

@@ -14,7 +14,7 @@ from ..conftest import REPO, SHARED_DATA
 def test_demo_config_trains_on_default_prepared_data(tmp_path):
     corpus = SHARED_DATA / "kjv.txt.xz"  # 4.1 MB of text
     data, run = tmp_path / "data", tmp_path / "run"
-    cli = [sys.executable, "-m", "launch.cli"]
+    cli = [sys.executable, "-m", "neurograph.launch.cli"]
     subprocess.run([*cli, "data", "prepare", "--input", str(corpus), "--out", str(data)], check=True, cwd=REPO,
                    capture_output=True, timeout=600)
     manifest = json.loads((data / "manifest.json").read_text())
@@ -38,7 +38,7 @@ def test_mixture_trains_and_logs_its_shares(tmp_path, char_data):
     second = shutil.copytree(char_data, tmp_path / "second")
     run = tmp_path / "run"
     mixture = f"data.mixture=[{{path: {char_data}, weight: 3}}, {{path: {second}, weight: 1}}]"
-    done = subprocess.run([sys.executable, "-m", "launch.cli", "train", "--config", "configs/demo.yaml", mixture,
+    done = subprocess.run([sys.executable, "-m", "neurograph.launch.cli", "train", "--config", "configs/demo.yaml", mixture,
                            "data.path=null", "data.seq_len=64", f"trainer.run_dir={run}", "trainer.num_processes=1",
                            "trainer.max_steps=4", "trainer.log_every=2", "trainer.eval_batches=2",
                            "trainer.checkpoint_every=0", "tracking.enabled=false", "model.n_layer=1", "model.d_model=32",

@@ -23,7 +23,7 @@ def test_two_ranks_zero2_and_zero3_match_one_rank(tmp_path, char_data):
     assert max(abs(a - b) for a, b in zip(single, zero3)) < 1e-5, (single, zero3)
 
     # The sharded checkpoints consolidate to the same full weights whatever the ZeRO stage.
-    from launch.inference import load_trained_model
+    from neurograph.launch.inference import load_trained_model
 
     weights = [load_trained_model(tmp_path / name)[0].state_dict() for name in ("single", "zero2", "zero3")]
     for other in weights[1:]:

@@ -6,10 +6,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from model import build_model
-from model.mamba import MambaBlock
-from trainer.config import TrainerConfig
-from trainer.mfu import Utilization, table_peak_tflops
+from neurograph.model import build_model
+from neurograph.model.mamba import MambaBlock
+from neurograph.trainer.config import TrainerConfig
+from neurograph.trainer.mfu import Utilization, table_peak_tflops
 
 V, B, T = 64, 2, 32
 ATTENTION = {"d_model": 64, "n_layer": 2, "n_head": 4, "max_seq_len": T}

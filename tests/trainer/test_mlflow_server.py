@@ -106,7 +106,7 @@ def write_config(tmp_path: Path, data_dir: Path, name: str, uri: str, **tracking
 
 
 def cli(config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "launch.cli", "train", "--config", str(config), *args]
+    return [sys.executable, "-m", "neurograph.launch.cli", "train", "--config", str(config), *args]
 
 
 def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpoint import (MANIFEST, WEIGHTS, CheckpointManager, check_checkpoint, read_manifest, safe_load,
+from neurograph.trainer.checkpoint import (MANIFEST, WEIGHTS, CheckpointManager, check_checkpoint, read_manifest, safe_load,
                                 write_manifest)
 
 from .runs import read_metrics, running, train, train_command, wait_for
@@ -137,7 +137,7 @@ def test_resume_refuses_a_changed_model_or_world_size(trained, tmp_path, char_da
 
 def test_generate_user_errors_are_one_line(trained):
     def generate(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "launch.cli", "generate", "--prompt", "ab", *args],
+        return subprocess.run([sys.executable, "-m", "neurograph.launch.cli", "generate", "--prompt", "ab", *args],
                               capture_output=True, text=True, timeout=300)
 
     run = str(trained[0] / "run")
@@ -162,7 +162,7 @@ class Payload:
 def test_crafted_pickle_from_mlflow_is_never_executed(trained, tmp_path, char_data):
     from mlflow.tracking import MlflowClient
 
-    from trainer.tracking import LATEST_CHECKPOINT_TAG
+    from neurograph.trainer.tracking import LATEST_CHECKPOINT_TAG
 
     marker = tmp_path / "PWNED"
     crafted = tmp_path / "crafted" / TAGS[-1]

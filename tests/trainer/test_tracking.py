@@ -9,8 +9,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from trainer.checkpoint import CheckpointManager, safe_load, write_manifest
-from trainer.tracking import LATEST_CHECKPOINT_TAG, PENDING_FILE, MLflowTracker, default_tracking_uri, download_checkpoint
+from neurograph.trainer.checkpoint import CheckpointManager, safe_load, write_manifest
+from neurograph.trainer.tracking import LATEST_CHECKPOINT_TAG, PENDING_FILE, MLflowTracker, default_tracking_uri, download_checkpoint
 
 
 class Outage:

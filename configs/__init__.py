@@ -1,0 +1,1 @@
+"""The shipped training configurations (YAML files), reachable as package resources."""
