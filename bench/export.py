@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from neurograph.launch.config import read_yaml
-from neurograph.launch.export_hf import save_hf_model
+from neurograph.launch.export.hf import save_hf_model
 from neurograph.model import build_model
 
 REPO = Path(__file__).resolve().parent.parent

@@ -45,7 +45,7 @@ section "4. INL 1.1B on one GPU at the planner's micro-batch" && {
 timeout 100 "$PY" - "$OUT" <<'PYEOF'
 import json, sys, time
 import torch, torch.nn.functional as F, yaml
-from neurograph.launch.plan import make_plan
+from neurograph.launch.planner import make_plan
 from neurograph.model import build_model, parse_model_config
 from neurograph.trainer.acceleration import checkpoint_blocks
 from neurograph.trainer.config import TrainerConfig

@@ -11,10 +11,7 @@ layer) and the state (z, v) [N, D] around the equilibrium mu [D]:
     v = alpha * v + (1 - alpha) * v_target - beta * error   (+ excitation, training only)
     z = z + dt * gate * v
 
-`integrator_step` is the single dispatch the models call for one iteration. Backends:
-- "reference": plain PyTorch, written with fused primitives (lerp, addcmul) — default.
-- "compiled": the same function through `torch.compile` (opt-in; measured in bench/inl.py,
-  it only pays off for large token counts, so it is not the default).
+`integrator_step` is that iteration in plain PyTorch, written with fused primitives (lerp, addcmul).
 
 `integrator_iterations` / `integrator_adaptive` are the dispatch for all K iterations of a layer
 with the controller MLP (pre = ctx + z Wz^T + v Wv^T; raw = (relu(pre) Wout^T + b) * scale + shift):
@@ -31,7 +28,7 @@ M = [[1 - p, alpha], [-p, alpha]], trace 1 + alpha - p, determinant alpha.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +63,8 @@ def integrator_dynamics(z: torch.Tensor, v: torch.Tensor, mu: torch.Tensor, alph
     return z + dt * gate * v_new, v_new
 
 
-def integrator_step_reference(z: torch.Tensor, v: Optional[torch.Tensor], mu: torch.Tensor, raw: torch.Tensor, dt: float,
-                              excitation: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def integrator_step(z: torch.Tensor, v: Optional[torch.Tensor], mu: torch.Tensor, raw: torch.Tensor, dt: float,
+                    excitation: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One iteration from raw controller output. z [N, D]; v [N, D] or None for v = 0; mu [D];
     raw [N, 4, D]; excitation [N, D] or None. Returns (z_new, v_new)."""
     alpha, beta, gate, v_target = controller_activations(raw)
@@ -78,33 +75,6 @@ def integrator_step_reference(z: torch.Tensor, v: Optional[torch.Tensor], mu: to
         v_new = v_new + excitation
     z_new = torch.addcmul(z, gate, v_new, value=dt)
     return z_new, v_new
-
-
-_BACKEND = "reference"
-_COMPILED: Optional[Callable] = None
-
-
-def set_backend(name: str) -> None:
-    """Select the implementation behind `integrator_step`: "reference" or "compiled"."""
-    global _BACKEND
-    if name not in ("reference", "compiled"):
-        raise ValueError(f"unknown integrator backend {name!r}")
-    _BACKEND = name
-
-
-def get_backend() -> str:
-    return _BACKEND
-
-
-def integrator_step(z: torch.Tensor, v: Optional[torch.Tensor], mu: torch.Tensor, raw: torch.Tensor, dt: float,
-                    excitation: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatch used by the models (see module docstring)."""
-    if _BACKEND == "compiled":
-        global _COMPILED
-        if _COMPILED is None:
-            _COMPILED = torch.compile(integrator_step_reference, dynamic=True)
-        return _COMPILED(z, v, mu, raw, dt, excitation)
-    return integrator_step_reference(z, v, mu, raw, dt, excitation)
 
 
 # ---------------------------------------------------------------- K iterations of one layer
@@ -126,7 +96,7 @@ def integrator_iterations_reference(z0, ctx, wz, wv, wout, bout, scale, shift, m
         pre = ctx + z @ wz.T + (0.0 if v is None else v @ wv.T)
         raw = torch.addmm(bout, F.relu(pre), wout.T).view(-1, 4, d) * scale[:, None] + shift[:, None]
         excitation = None if waves is None else waves[k] if mask is None else mask * waves[k]
-        z_new, v_new = integrator_step_reference(z, v, mu, raw, dt, excitation)
+        z_new, v_new = integrator_step(z, v, mu, raw, dt, excitation)
         if min_iterations is not None:
             if k >= min_iterations:
                 active = active & ((z - prev).norm(dim=-1) >= threshold)

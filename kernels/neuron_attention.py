@@ -14,17 +14,16 @@ and, for dense, N <= MAX_DENSE_NEURONS; the reference otherwise.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from .dispatch import MAX_DENSE_NEURONS, triton_available
 from .dropout import dropout as apply_dropout
 
 ATTENTION_IMPLS = ("auto", "reference", "triton")
-MAX_DENSE_NEURONS = 256  # the dense Triton kernel holds all N keys of a problem in one tile
 
 
 def neuron_attention_reference(q, k, v, dropout: float = 0.0) -> torch.Tensor:
@@ -53,7 +52,7 @@ def _use_triton(impl: str, x: torch.Tensor, max_neurons: Optional[int] = None) -
         raise ValueError(f"unknown neuron attention impl {impl!r}; choose from {ATTENTION_IMPLS}")
     if impl == "auto":
         fits = max_neurons is None or x.shape[1] <= max_neurons
-        return x.is_cuda and fits and importlib.util.find_spec("triton") is not None
+        return x.is_cuda and fits and triton_available()
     return impl == "triton"
 
 

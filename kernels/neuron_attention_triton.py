@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .neuron_attention import MAX_DENSE_NEURONS
+from .dispatch import MAX_DENSE_NEURONS
 from .triton_runtime import check_triton_device, next_power_of_2, triton
 
 BLOCK_Q = 16

@@ -35,13 +35,13 @@ Implementations (`selective_scan(..., impl=...)` is the single dispatch models c
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from .cpu_extension import cpu_extension_available, load_cpu_extension
+from .dispatch import triton_available
 
 # Elements of one per-step state tensor [B, chunks, d_tile, S] in the chunked path: small
 # enough that a step's handful of temporaries stays in a core's L2 cache.
@@ -388,12 +388,6 @@ def selective_scan_cpp(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         vector(delta_bias), delta_softplus, chunk_size)
     y = y.transpose(1, 2).to(dtype)
     return (y, last) if return_last_state else y
-
-
-def triton_available() -> bool:
-    """True when the triton package is installed (not imported here: importing fixes whether its
-    kernels compile or run interpreted, see kernels/triton_runtime.py)."""
-    return importlib.util.find_spec("triton") is not None
 
 
 def cuda_scan_available() -> bool:

@@ -243,10 +243,8 @@ class TritonSelectiveScan(torch.autograd.Function):
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           return_last_state=False, chunk_size: Optional[int] = None):
-    """The fused Triton scan in mamba-ssm's layout and calling convention (see kernels/selective_scan.py)."""
-    from .selective_scan import check_scan_inputs
-
-    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    """The fused Triton scan in mamba-ssm's layout and calling convention, for inputs that
+    kernels/selective_scan.py's dispatch (`selective_scan(..., impl="triton")`) has checked."""
     # the kernels index the small per-channel parameters densely
     A, D, delta_bias = (t.contiguous() if t is not None else None for t in (A, D, delta_bias))
     y, last = TritonSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)

@@ -15,11 +15,6 @@ except ImportError:  # the kernels modules define no kernels then; dispatch fall
     triton = InterpretedFunction = None
 
 
-def triton_available() -> bool:
-    """True when the `triton` package imports."""
-    return triton is not None
-
-
 def check_triton_device(op: str, kernel, x: torch.Tensor) -> None:
     """One clear error when `kernel` cannot run on x's device."""
     if triton is None:

@@ -3,7 +3,6 @@ subcommand's help, a --verbose switch on each, and `neurograph config show`."""
 from __future__ import annotations
 
 import argparse
-import json
 
 EXAMPLES = {
     "train": """\
@@ -27,6 +26,10 @@ EXAMPLES = {
     "config show": """\
   neurograph config show                                        # every key, its default and meaning
   neurograph config show --config configs/demo.yaml trainer.lr=1e-3 --json""",
+    "doctor": """\
+  neurograph doctor
+  neurograph doctor --json > environment.json
+  ray job submit -- neurograph doctor --ray auto                # every node of the cluster against the driver""",
     "eval": """\
   neurograph eval --run runs/demo/run
   neurograph eval --run runs/demo/run --data data/other --split train --batches 20""",
@@ -69,32 +72,3 @@ def document(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             sub.add_argument("--verbose", action="store_true",
                              help="log from every rank, with the dependencies' warnings and start-up messages")
     return parser
-
-
-def cmd_config_show(args) -> int:
-    from .config import load_config
-    from .config_doc import markdown, reference, text
-
-    if args.overrides and not args.config:
-        from .config import ConfigError
-
-        raise ConfigError("overrides need --config (the file they apply to)")
-    rows = reference(load_config(args.config, args.overrides) if args.config else None)
-    if args.json:
-        print(json.dumps({r.pop("key"): r for r in rows}, indent=2))
-    elif args.markdown:
-        print(markdown(rows), end="")
-    else:
-        print(text(rows), end="")
-    return 0
-
-
-def add_config_commands(sub: argparse._SubParsersAction) -> None:
-    show = sub.add_parser("show", help="the resolved configuration: every key's value, type, default, allowed values "
-                                       "and description (without --config: the defaults of every section)")
-    show.add_argument("--config", default=None, metavar="FILE", help="YAML config to resolve (validated)")
-    form = show.add_mutually_exclusive_group()
-    form.add_argument("--json", action="store_true", help="one JSON object keyed by dotted key, to stdout")
-    form.add_argument("--markdown", action="store_true", help="the README reference table")
-    show.add_argument("overrides", nargs="*", metavar="section.key=value", help="overrides applied to --config")
-    show.set_defaults(func=cmd_config_show)

@@ -6,12 +6,11 @@ is raised before any process starts.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from neurograph.data_pipeline.config import DataConfig
 from neurograph.data_pipeline.manifest import load_manifest
@@ -69,8 +68,11 @@ class NeuroGraphConfig(BaseModel):
         return self.trainer.num_processes
 
     @model_validator(mode="after")
-    def _check_against_data(self) -> "NeuroGraphConfig":
-        """Cross-section checks: the data directories, vocabulary, sequence length, workers."""
+    def _check_against_data(self, info: ValidationInfo) -> "NeuroGraphConfig":
+        """Cross-section checks: the data directories, vocabulary, sequence length, workers (skipped
+        when validated with check_data=False: showing a configuration needs no prepared data)."""
+        if not (info.context or {}).get("check_data", True):
+            return self
         manifests = []
         for i, path in enumerate(self.data.sources):
             where = f"data.mixture.{i}.path" if self.data.mixture else "data.path"
@@ -170,17 +172,18 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def validate_config(raw: dict) -> NeuroGraphConfig:
+def validate_config(raw: dict, check_data: bool = True) -> NeuroGraphConfig:
     try:
-        return NeuroGraphConfig.model_validate(raw)
+        return NeuroGraphConfig.model_validate(raw, context={"check_data": check_data})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> NeuroGraphConfig:
-    """Read a YAML config, apply CLI overrides and validate. Relative data and run paths stay
-    relative to the current directory; `resolved` makes them absolute."""
-    return validate_config(apply_overrides(read_yaml(path), list(overrides)))
+def load_config(path: str | Path, overrides: list[str] = (), check_data: bool = True) -> NeuroGraphConfig:
+    """Read a YAML config, apply CLI overrides and validate (against the prepared data unless
+    `check_data` is False). Relative data and run paths stay relative to the current directory;
+    `resolved` makes them absolute."""
+    return validate_config(apply_overrides(read_yaml(path), list(overrides)), check_data)
 
 
 def resolved(cfg: NeuroGraphConfig) -> NeuroGraphConfig:

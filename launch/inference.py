@@ -60,3 +60,15 @@ def encode_prompt(tokenizer, prompt: str, device: Optional[str] = None) -> torch
     except DataError as err:
         raise ConfigError(f"--prompt: {err}") from None
     return torch.tensor([ids], dtype=torch.long, device=device)
+
+
+def load_run(run: str, checkpoint: str):
+    """(model, tokenizer) of a run's checkpoint; one-line errors for a wrong --run or --checkpoint."""
+    if not (Path(run) / "config.yaml").is_file():
+        raise ConfigError(f"--run {run}: not a training run directory (no config.yaml)")
+    try:
+        model, tokenizer, _ = load_trained_model(run, checkpoint)
+    except FileNotFoundError as err:
+        raise ConfigError(f"--checkpoint {checkpoint}: {err}") from None
+    return model, tokenizer
+

@@ -27,7 +27,7 @@ def init_weights_from(cfg: NeuroGraphConfig, source: str) -> NeuroGraphConfig:
     from safetensors.torch import save_file
 
     from neurograph.model import build_model
-    from neurograph.trainer.checkpoint import CheckpointManager
+    from neurograph.trainer.checkpoint import CheckpointManager, weights_mismatch
 
     from .inference import consolidated_state_dict
 
@@ -42,14 +42,14 @@ def init_weights_from(cfg: NeuroGraphConfig, source: str) -> NeuroGraphConfig:
     zero_stage = read_yaml(run / "config.yaml").get("deepspeed", {}).get("zero_stage", 2)
     state = consolidated_state_dict(manager.root, tag, zero_stage)
     with torch.device("meta"):
-        expected = {k: tuple(p.shape) for k, p in build_model(cfg.model).named_parameters()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    wrong = sorted(f"{k} {got.get(k, 'missing')} (model: {shape})" for k, shape in expected.items()
-                   if got.get(k) != shape)
+        model = build_model(cfg.model)
+    params = dict(model.named_parameters())
+    state = {k: v for k, v in state.items() if k in params}  # tied copies and buffers are the model's own
+    wrong = weights_mismatch(model, state)
     if wrong:
         raise ConfigError(f"--init-from {source}: checkpoint {tag} does not fit this run's model section: "
                           + "; ".join(wrong[:5]) + (f"; and {len(wrong) - 5} more" if len(wrong) > 5 else ""))
     path = Path(cfg.trainer.run_dir) / INIT_WEIGHTS
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: state[k].contiguous().clone() for k in expected}, str(path), metadata={"source": f"{run}:{tag}"})
+    save_file({k: v.contiguous().clone() for k, v in state.items()}, str(path), metadata={"source": f"{run}:{tag}"})
     return cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"init_weights": str(path)})})

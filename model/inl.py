@@ -16,7 +16,7 @@ at inference (converged tokens are removed from the computation), sparse harmoni
 sinusoidal or rotary positions. Attention keys/values are cached for generation; the
 integrator runs only for new tokens.
 
-Component names (used by `parameter_breakdown` and the generic model summary):
+Component names (used by `parameters_per_component` and the generic model summary):
 embed, blocks.N.{ln_attn, attn, ln_int, integrator, ln_ffn, ffn}, controller (shared), ln_f, head.
 The hot iteration math lives in kernels/integrator.py (`integrator_step`).
 """
@@ -488,7 +488,7 @@ def component_of(name: str) -> str:
     raise KeyError(name)
 
 
-def parameter_breakdown(model: nn.Module) -> dict[str, int]:
+def parameters_per_component(model: nn.Module) -> dict[str, int]:
     """Parameters per component (works on the meta device)."""
     counts = dict.fromkeys(COMPONENTS, 0)
     for name, p in model.named_parameters():

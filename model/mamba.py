@@ -141,10 +141,6 @@ class MambaBlock(nn.Module):
         return checkpoint(lambda v: self(norm(v)), x, use_reentrant=False)
 
     # -- one token -------------------------------------------------------------------------------
-    def init_state(self, batch_shape: tuple[int, ...], device=None, dtype=torch.float32) -> MambaState:
-        return MambaState(conv=torch.zeros(*batch_shape, self.d_conv - 1, self.d_inner, device=device, dtype=dtype),
-                          ssm=torch.zeros(*batch_shape, self.d_inner, self.d_state, device=device))
-
     def step(self, x: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """x [..., D] (one token per sequence) -> (y [..., D], new state). O(1) in sequence length."""
         xi, z = self._in_proj(x).chunk(2, dim=-1)  # [..., d_inner]

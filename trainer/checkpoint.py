@@ -279,6 +279,16 @@ def full_weights(engine) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
+def weights_mismatch(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Why `state` cannot be a model's weights: each parameter missing or of another shape, each
+    key the model does not have (buffers are the model's own and may be absent); [] if it fits."""
+    params = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    wrong = [f"{k} {tuple(state[k].shape) if k in state else 'missing'} (model: {shape})"
+             for k, shape in params.items() if k not in state or tuple(state[k].shape) != shape]
+    known = model.state_dict().keys()
+    return sorted(wrong) + sorted(f"{k} (not in the model)" for k in state if k not in known)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)

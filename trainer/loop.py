@@ -23,7 +23,7 @@ from neurograph.data_pipeline import IGNORE_INDEX, StreamingTokenLoader
 from neurograph.model import build_model
 
 from .acceleration import accelerate
-from .checkpoint import CheckpointManager
+from .checkpoint import CheckpointManager, weights_mismatch
 from .collectives import rank_device
 from .engine import initialize_engine
 from .mfu import Utilization
@@ -237,11 +237,11 @@ def _load_init_weights(model: torch.nn.Module, path: str) -> None:
     """Initial weights of a new run (`train --init-from`); buffers are the model's own."""
     from safetensors.torch import load_file
 
-    missing, unexpected = model.load_state_dict(load_file(path), strict=False)
-    missing = [k for k in missing if k not in dict(model.named_buffers())]
-    if missing or unexpected:
-        raise ValueError(f"trainer.init_weights {path} does not fit the model: missing {missing}, "
-                         f"unexpected {unexpected}")
+    state = load_file(path)
+    wrong = weights_mismatch(model, state)
+    if wrong:
+        raise ValueError(f"trainer.init_weights {path} does not fit the model: " + "; ".join(wrong[:5]))
+    model.load_state_dict(state, strict=False)
     log.info("initial weights from %s", path)
 
 

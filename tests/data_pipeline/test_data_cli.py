@@ -1,16 +1,12 @@
-"""The `prepare` and `verify` subcommands through argparse."""
-import argparse
-
+"""The `data prepare` and `data verify` commands through the CLI's own parser."""
 import pytest
 
 from neurograph.data_pipeline import load_manifest, verify
-from neurograph.data_pipeline.cli import add_data_commands
+from neurograph.launch.cli import build_parser
 
 
 def _run(argv):
-    parser = argparse.ArgumentParser(prog="neurograph data")
-    add_data_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(["data", *argv])
     args.func(args)
 
 

@@ -10,7 +10,7 @@ import yaml
 from transformers import AutoTokenizer
 
 from neurograph.data_pipeline.tokenizers import CharTokenizer, role_ids
-from neurograph.launch.hf_tokenizer import hf_tokenizer
+from neurograph.launch.export.tokenizer import hf_tokenizer
 
 CHARS = [" ", "a", "b", "c", "\n"]
 ROLES = ["<USER>", "<ASSISTANT>", "<SYSTEM>", "<ERROR>"]

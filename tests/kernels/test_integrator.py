@@ -32,9 +32,3 @@ def test_init_bias_and_stability_helpers():
     assert (a.item(), b.item(), g.item(), vt.item()) == pytest.approx((0.8, 0.5, 0.5, 0.0))
     assert K.spectral_radius(0.8, 0.025) == pytest.approx(math.sqrt(0.8))  # complex pair at init
     assert K.is_stable(0.5, 2.9) and not K.is_stable(0.5, 3.1)
-
-
-def test_backend_switch_rejects_unknown():
-    with pytest.raises(ValueError):
-        K.set_backend("cuda")
-    assert K.get_backend() == "reference"

@@ -83,3 +83,25 @@ def test_cli_rejects_bad_config_before_starting_processes(char_data, tmp_path):
     assert proc.returncode == 2
     assert "deepspeed.zero_stage" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_showing_a_config_needs_no_data(tmp_path, monkeypatch, capsys):
+    """`config show` and `model summary` work before the data exist (and say where the vocabulary will
+    come from); `train` still refuses the same config, naming the missing data."""
+    import json
+
+    from neurograph.launch.cli import main
+
+    from ..conftest import REPO
+
+    monkeypatch.chdir(tmp_path)  # configs/demo.yaml's data.path (runs/demo/data) does not exist here
+    demo = str(REPO / "configs" / "demo.yaml")
+    assert main(["config", "show", "--config", demo, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["model.vocab_size"]["value"] == "unset: the tokenizer of the prepared data at runs/demo/data decides"
+    assert shown["trainer.max_steps"]["value"] == yaml.safe_load(open(demo))["trainer"]["max_steps"]
+    assert main(["model", "summary", "--config", demo, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["vocab_size"] == 256 and summary["total"] > 0
+    assert main(["train", "--config", demo]) == 2
+    assert "data.path: data directory runs/demo/data does not exist" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import pytest
 import deepspeed
 import torch
 
-from neurograph.launch.doctor import PACKAGES, differences
+from neurograph.launch.environment import PACKAGES, differences
 from neurograph.launch.lockfile import LOCK_DIR, file_sha256
 from tests.launch.test_ray_cluster import BIN, free_port, job_env, wait_http
 from tests.launch.test_ray_multinode import Node, join

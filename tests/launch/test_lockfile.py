@@ -6,7 +6,7 @@ import sys
 import pytest
 from packaging.requirements import Requirement
 
-from neurograph.launch.doctor import installed, lock_report
+from neurograph.launch.environment import installed, lock_report
 from neurograph.launch.lockfile import (LOCK_DIR, LOCKS, PYPROJECT, read_pins, recorded_digest,
                                         requirements_digest)
 

@@ -14,7 +14,7 @@ from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs,
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
 from neurograph.launch.cli import main
-from neurograph.launch.plan import GIB, make_plan, traced_activation_bytes
+from neurograph.launch.planner import GIB, make_plan, traced_activation_bytes
 from neurograph.model import build_model, parse_model_config
 from neurograph.trainer.config import TrainerConfig
 

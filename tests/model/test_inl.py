@@ -11,7 +11,7 @@ import yaml
 from neurograph.kernels.integrator import integrator_dynamics, is_stable, linear_dynamics_matrix, spectral_radius
 from neurograph.model import build_model, parse_model_config
 from neurograph.model.generation import filter_logits, generate
-from neurograph.model.inl import INLConfig, INLModel, IntegratorBranch, IntegratorController, parameter_breakdown
+from neurograph.model.inl import INLConfig, INLModel, IntegratorBranch, IntegratorController, parameters_per_component
 
 from .inl_reference import card_integrator
 
@@ -45,7 +45,7 @@ def test_1p1b_config_on_meta_device_parameter_count():
         "norms": L * 3 * 2 * D + 2 * D,                                # 262,656
         "head": D * V,                                                 # 86,851,008 (untied)
     }
-    assert parameter_breakdown(model) == expected
+    assert parameters_per_component(model) == expected
     assert sum(p.numel() for p in model.parameters()) == sum(expected.values()) == 995_395_683
     # per-layer controllers would add 24 more copies of the 781,120-parameter controller
     assert model.flops_per_token(2048) > 6 * 995_395_683 * 0.9
@@ -209,7 +209,7 @@ def test_per_layer_controllers_when_not_shared():
     model = tiny(shared_controller=False)
     assert model.controller is None
     assert all(isinstance(b.integrator.controller, IntegratorController) for b in model.blocks)
-    assert parameter_breakdown(model)["shared_controller"] == 0
+    assert parameters_per_component(model)["shared_controller"] == 0
 
 
 # ------------------------------------------------------------------------ KV cache and decoding

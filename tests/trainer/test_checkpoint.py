@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import torch
+
 SCRIPT = textwrap.dedent('''
     import os, sys
     from pathlib import Path
@@ -61,3 +63,16 @@ def test_crash_during_save_keeps_last_checkpoint(tmp_path):
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "checkpoints")], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_weights_mismatch_names_missing_reshaped_and_unknown_keys():
+    from neurograph.trainer.checkpoint import weights_mismatch
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    state = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k}  # buffers may be absent
+    assert weights_mismatch(model, state) == []
+    state["0.weight"] = torch.zeros(4, 2)
+    del state["1.bias"]
+    state["2.weight"] = torch.zeros(1)
+    assert weights_mismatch(model, state) == ["0.weight (4, 2) (model: (4, 3))", "1.bias missing (model: (4,))",
+                                              "2.weight (not in the model)"]

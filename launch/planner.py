@@ -18,11 +18,9 @@ it (q, k, v, output, log-sum-exp; no T x T scores), as on a GPU.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -190,44 +188,3 @@ def format_plan(p: Plan) -> str:
              ("checkpoint on disk", f"{p.checkpoint_gib:.1f} GiB")]
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"| {'':<{width}} | plan |", f"| {'-' * width} | --- |"] + [f"| {k:<{width}} | {v} |" for k, v in rows])
-
-
-def cmd_plan(args) -> int:
-    from neurograph.model import parse_model_config
-    from neurograph.trainer.config import DeepSpeedConfig, TrainerConfig
-
-    from .cli import model_section
-    from .config import ConfigError, apply_overrides, read_yaml
-
-    raw = apply_overrides(read_yaml(args.config), args.overrides)
-    try:
-        model_cfg = parse_model_config(model_section(args))
-        trainer_cfg = TrainerConfig(**raw.get("trainer", {}))
-        zero_stage = DeepSpeedConfig(**raw.get("deepspeed", {})).zero_stage
-    except ValueError as err:
-        raise ConfigError(f"{args.config}: {err}") from None
-    seq_len = int(raw.get("data", {}).get("seq_len", 256))
-    plan = make_plan(model_cfg, trainer_cfg, zero_stage, seq_len, args.nodes, args.gpus_per_node, args.gpu,
-                     args.tokens, args.mfu)
-    print(json.dumps(asdict(plan), indent=2) if args.json else format_plan(plan))
-    return 0
-
-
-def add_plan_command(subparsers) -> None:
-    p = subparsers.add_parser(
-        "plan", help="memory per GPU, largest micro-batch and time of a config on a GPU cluster",
-        description="Parameters, model states per GPU for ZeRO 1/2/3, activations with and without activation "
-                    "checkpointing, the largest micro-batch that fits, steps, wall-clock and GPU-hours for a "
-                    "token budget, and the checkpoint size. Builds the model on the meta device only.",
-        epilog="example: neurograph plan --config configs/inl_1.1b.yaml --nodes 8 --gpus-per-node 8 --gpu h100 "
-               "--tokens 20e9 --mfu 0.4")
-    p.add_argument("--config", required=True, help="YAML run configuration")
-    p.add_argument("--nodes", type=int, default=1, help="nodes in the cluster")
-    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node")
-    p.add_argument("--gpu", default="h100", choices=sorted(GPU_MEMORY_GIB), help="GPU model (memory and peak rate)")
-    p.add_argument("--tokens", type=float, default=None,
-                   help="training tokens (default: trainer.max_steps x tokens per step)")
-    p.add_argument("--mfu", type=float, default=0.4, help="model FLOP utilization assumed for the time estimate")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.add_argument("overrides", nargs="*", help="section.key=value")
-    p.set_defaults(func=cmd_plan)

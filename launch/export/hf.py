@@ -10,7 +10,6 @@ transformers and safetensors are installed.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import re
 import shutil
@@ -19,9 +18,9 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-from .config import ConfigError
+from ..config import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = ("model/hf/configuration_neurograph.py", "model/hf/modeling_neurograph.py")
 STANDALONE_REGISTRY = "model/hf/standalone_registry.py"
 # What the shipped files may import unconditionally: the standard library and these.
@@ -159,8 +158,8 @@ def export_hf(run_dir: str | Path, out: str | Path, checkpoint: str = "latest", 
     from neurograph.data_pipeline import load_manifest
     from neurograph.trainer.checkpoint import CheckpointManager
 
-    from .config import load_config
-    from .hf_tokenizer import hf_tokenizer
+    from ..config import load_config
+    from .tokenizer import hf_tokenizer
     from .inference import load_trained_model
 
     run_dir, out = Path(run_dir), Path(out)
@@ -228,7 +227,7 @@ def log_to_mlflow(run_dir: Path, out: Path, register: Optional[str]) -> str:
 
     from neurograph.trainer.tracking import default_tracking_uri
 
-    from .config import load_config
+    from ..config import load_config
 
     id_file = run_dir / "mlflow_run_id"
     if not id_file.is_file():
@@ -244,36 +243,3 @@ def log_to_mlflow(run_dir: Path, out: Path, register: Optional[str]) -> str:
                                 pip_requirements=["torch", "transformers", "safetensors"],
                                 signature=infer_signature(["prompt"], ["text"], params={"max_new_tokens": 64}))
     return run_id
-
-
-def cmd_export_hf(args) -> int:
-    chat_template = None
-    if args.chat_template:
-        path = Path(args.chat_template)
-        if not path.is_file():
-            raise ConfigError(f"--chat-template {path} not found")
-        chat_template = path.read_text()
-    out = export_hf(args.run, args.out, args.checkpoint, args.dtype, args.overwrite, chat_template, args.max_shard_size)
-    print(f"exported {args.run} to {out}")
-    if args.mlflow or args.register:
-        run_id = log_to_mlflow(Path(args.run), out, args.register)
-        print(f"logged to MLflow run {run_id}: " + (f"pyfunc model hf_pyfunc, a new version of model {args.register}"
-                                                     if args.register else "artifact hf_model"))
-    return 0
-
-
-def add_export_commands(sub: argparse._SubParsersAction) -> None:
-    hf = sub.add_parser("hf", help="a trained run as a Hugging Face folder (AutoModelForCausalLM, trust_remote_code)")
-    hf.add_argument("--run", required=True, help="run directory (trainer.run_dir)")
-    hf.add_argument("--checkpoint", default="latest", help="latest, a step number or a tag")
-    hf.add_argument("--out", required=True, help="folder to write; must be empty or absent unless --overwrite")
-    hf.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weight precision")
-    hf.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
-    hf.add_argument("--chat-template", default=None, metavar="FILE",
-                    help="Jinja chat template for the tokenizer (default: the run's export.chat_template)")
-    hf.add_argument("--max-shard-size", default="5GB", help="split weights into safetensors shards of this size")
-    hf.add_argument("--mlflow", action="store_true", help="log the folder as artifact hf_model of the run's MLflow run")
-    hf.add_argument("--register", default=None, metavar="NAME",
-                    help="log it as an MLflow pyfunc model (predict: prompts -> greedy continuations) of the run's "
-                         "MLflow run and register it as a new version of model NAME")
-    hf.set_defaults(func=cmd_export_hf)

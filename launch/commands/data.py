@@ -1,4 +1,4 @@
-"""`prepare` and `verify` subcommands, mounted by the main CLI (`neurograph data ...`)."""
+"""`neurograph data prepare` and `neurograph data verify`."""
 from __future__ import annotations
 
 import argparse
@@ -16,14 +16,11 @@ VERIFY_EXAMPLES = """examples:
   neurograph data verify --data s3://bucket/prepared --json"""
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, examples kept as written."""
-
-
-def add_data_commands(subparsers) -> None:
-    """Add `prepare` and `verify` to an argparse subparsers object."""
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    subparsers = subparsers.add_parser("data", help="prepare and verify token shards").add_subparsers(
+        dest="data_command", required=True)
     p = subparsers.add_parser(
-        "prepare", help="tokenize text into compact WebDataset shards + manifest.json", formatter_class=_HelpFormatter,
+        "prepare", help="tokenize text into compact WebDataset shards + manifest.json",
         description="Stream text inputs, tokenize them on --workers processes, pack fixed-length samples into "
                     "checksummed WebDataset shards, and publish the directory atomically.",
         epilog=PREPARE_EXAMPLES)
@@ -56,7 +53,7 @@ def add_data_commands(subparsers) -> None:
     p.set_defaults(func=_prepare)
 
     v = subparsers.add_parser(
-        "verify", help="check every shard: size, sha256, contents, token range", formatter_class=_HelpFormatter,
+        "verify", help="check every shard: size, sha256, contents, token range",
         description="Read every shard as the loader does and report every bad one (exit 2).", epilog=VERIFY_EXAMPLES)
     v.add_argument("--data", required=True, metavar="DIR", help="prepared data directory or URL")
     v.add_argument("--json", action="store_true", help="print the counts as JSON")
@@ -64,7 +61,7 @@ def add_data_commands(subparsers) -> None:
 
 
 def _prepare(args) -> None:
-    from .prepare import prepare_corpus
+    from neurograph.data_pipeline.prepare import prepare_corpus
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -82,7 +79,7 @@ def _prepare(args) -> None:
 
 
 def _verify(args) -> None:
-    from .manifest import verify
+    from neurograph.data_pipeline.manifest import verify
 
     r = verify(args.data)
     if args.json:

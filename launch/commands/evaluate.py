@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from .config import ConfigError
+from ..config import ConfigError
 
 
 def cmd_eval(args) -> int:
     from neurograph.data_pipeline import StreamingTokenLoader, load_manifest
     from neurograph.trainer.loop import evaluate
 
-    from .inference import load_trained_model
+    from ..inference import load_trained_model
 
     if not (Path(args.run) / "config.yaml").is_file():
         raise ConfigError(f"--run {args.run}: not a training run directory (no config.yaml)")
@@ -51,8 +51,8 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def add_eval_command(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("eval", help="loss, perplexity (and bits per character) of a trained run on a data split, "
+def add_command(subparsers: argparse._SubParsersAction) -> None:
+    ev = subparsers.add_parser("eval", help="loss, perplexity (and bits per character) of a trained run on a data split, "
                                      "as JSON on stdout")
     ev.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory (trainer.run_dir)")
     ev.add_argument("--checkpoint", default="latest", help="latest, a step number or a tag")

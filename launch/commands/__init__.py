@@ -1,0 +1,4 @@
+"""One module per `neurograph` command, each with `add_command(subparsers)` and the function it runs."""
+from . import config, convergence, data, demo, doctor, evaluate, export, generate, model, plan, train
+
+COMMANDS = (train, model, data, generate, convergence, export, demo, plan, doctor, config, evaluate)  # help order
