@@ -19,6 +19,7 @@ import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -250,6 +251,13 @@ class StreamingTokenLoader:
             return self.max_batches
         full = -(-self._plan.total // self.global_rows)
         return full if self.max_batches is None else min(full, self.max_batches)
+
+    def metrics(self) -> dict[str, float]:
+        """A mixture's realised share per source (`data/mix/<name>`) and the shards left out as corrupt."""
+        out = {"data/skipped_shards": float(len(self.skipped_shards))} if self.skipped_shards else {}
+        if len(self.names) > 1:
+            out.update({f"data/mix/{Path(name).name}": share for name, share in self.proportions().items()})
+        return out
 
     def proportions(self) -> dict[str, float]:
         """Share of the samples consumed so far that came from each source (a mixture's realised weights)."""

@@ -69,16 +69,19 @@ class NeuroGraphConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_against_data(self, info: ValidationInfo) -> "NeuroGraphConfig":
-        """Cross-section checks: the data directories, vocabulary, sequence length, workers (skipped
-        when validated with check_data=False: showing a configuration needs no prepared data)."""
-        if not (info.context or {}).get("check_data", True):
-            return self
+        """Cross-section checks: the data directories, vocabulary, sequence length, workers. Validated
+        with check_data="if_prepared" (showing a configuration), data not prepared yet skip them."""
+        check = (info.context or {}).get("check_data", True)
         manifests = []
         for i, path in enumerate(self.data.sources):
             where = f"data.mixture.{i}.path" if self.data.mixture else "data.path"
             try:
                 manifests.append(load_manifest(path))
-            except (FileNotFoundError, ValueError) as err:
+            except FileNotFoundError as err:
+                if check == "if_prepared":
+                    return self
+                raise _field_error(where, str(err))
+            except ValueError as err:
                 raise _field_error(where, str(err))
             if manifests[-1]["tokenizer"] != manifests[0]["tokenizer"]:
                 raise _field_error(where, f"{path} was prepared with another tokenizer than {self.data.sources[0]}")
@@ -172,17 +175,17 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def validate_config(raw: dict, check_data: bool = True) -> NeuroGraphConfig:
+def validate_config(raw: dict, check_data: bool | str = True) -> NeuroGraphConfig:
     try:
         return NeuroGraphConfig.model_validate(raw, context={"check_data": check_data})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] = (), check_data: bool = True) -> NeuroGraphConfig:
-    """Read a YAML config, apply CLI overrides and validate (against the prepared data unless
-    `check_data` is False). Relative data and run paths stay relative to the current directory;
-    `resolved` makes them absolute."""
+def load_config(path: str | Path, overrides: list[str] = (), check_data: bool | str = True) -> NeuroGraphConfig:
+    """Read a YAML config, apply CLI overrides and validate, against the prepared data (`check_data`
+    True) or against them once they exist ("if_prepared"). Relative data and run paths stay relative
+    to the current directory; `resolved` makes them absolute."""
     return validate_config(apply_overrides(read_yaml(path), list(overrides)), check_data)
 
 

@@ -1,11 +1,11 @@
 """Ray Train launch: `launcher.ray.num_workers` Ray Train workers, each running the one
-trainer loop (`trainer.loop.train`) on its DeepSpeed engine.
+trainer (`trainer.trainer.train`) on its DeepSpeed engine.
 
     neurograph train (driver, e.g. the entrypoint of `ray job submit`)
       -> ray.init(launcher.ray.address | RAY_ADDRESS | a new local instance)
       -> TorchTrainer(_train_loop_per_worker, ScalingConfig, RunConfig(FailureConfig, storage))
            each worker: torch.distributed (gloo on CPU, NCCL on GPU) set up by Ray Train,
-           DeepSpeed joins that process group, trainer.loop.train(...)
+           DeepSpeed joins that process group, trainer.trainer.train(...)
 
 Checkpoints. Every rank writes its DeepSpeed shards into `trainer.run_dir/checkpoints`, which
 rank 0 publishes atomically (CheckpointManager); the run directory must therefore be on storage
@@ -124,7 +124,7 @@ def _train_loop_per_worker(config: dict) -> None:
     """One Ray Train worker: the NeuroGraph trainer loop on a DeepSpeed engine."""
     import ray.train
 
-    from neurograph.trainer.loop import train
+    from neurograph.trainer.trainer import train
 
     from .config import validate_config
 

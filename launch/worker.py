@@ -13,7 +13,7 @@ import torch.distributed as dist
 _HIDE_MLFLOW = "mlflow" not in sys.modules
 if _HIDE_MLFLOW:
     sys.modules["mlflow"] = None  # `import mlflow` raises ImportError
-from neurograph.trainer.loop import train  # noqa: E402
+from neurograph.trainer.trainer import train  # noqa: E402
 from neurograph.trainer.nonfinite import NonFiniteError  # noqa: E402
 from neurograph.trainer.preemption import Stopped, exit_code  # noqa: E402
 

@@ -143,6 +143,10 @@ class HFINLModel(nn.Module):
             raise NotImplementedError("hf_inl does not take NeuroGraph KV caches; use self.hf.generate")
         return self.hf(input_ids=input_ids, use_cache=False).logits
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The repeated blocks, in forward order (activation checkpointing and torch.compile act on them)."""
+        return list(_decoder_layers(self.hf))
+
     def flops_per_token(self, seq_len: int) -> float:
         c = self.cfg
         d, r, k = c.d_model, c.controller_rank, c.num_iterations

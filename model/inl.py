@@ -454,6 +454,10 @@ class INLModel(nn.Module):
                  use_cache: bool = True, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return generate(self, input_ids, max_new_tokens, temperature, top_k, top_p, do_sample, use_cache, generator)
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The repeated blocks, in forward order (activation checkpointing and torch.compile act on them)."""
+        return list(self.blocks)
+
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3 x forward), matmuls and attention scores.
         Per layer: attention 4 D^2, FFN 2 D F, integrator 6 K D r: the controller's context (once),

@@ -187,6 +187,10 @@ class INN(RecurrentGeneration, nn.Module):
             new_states.append(s)
         return self._head(h), new_states
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The repeated blocks, in forward order (activation checkpointing and torch.compile act on them)."""
+        return list(self.layers)
+
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (3 x forward): per neuron and layer the SSM block (matmuls,
         conv, scan) and the router, plus the tied head."""

@@ -49,6 +49,10 @@ class LSTMLanguageModel(RecurrentGeneration, nn.Module):
         y, state = self.lstm(self.drop(self.embed(token_ids[:, None])), state)
         return self._logits(y[:, 0]), state
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The repeated blocks, in forward order (activation checkpointing and torch.compile act on them)."""
+        return [self.lstm]  # one nn.LSTM module runs every layer
+
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (3 x forward): the four gates' matmuls and the head."""
         d = self.cfg.d_model

@@ -68,6 +68,10 @@ class MambaStack(RecurrentGeneration, nn.Module):
             new_states.append(s)
         return self.ln_f(x) @ self.embed.weight.T, new_states
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The repeated blocks, in forward order (activation checkpointing and torch.compile act on them)."""
+        return list(self.blocks)
+
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (3 x forward)."""
         c = self.cfg

@@ -77,6 +77,10 @@ class Transformer(nn.Module):
 
     generate = generate  # KV-cached decoding (model/generation.py)
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The repeated blocks, in forward order (activation checkpointing and torch.compile act on them)."""
+        return list(self.blocks)
+
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3 x forward): matmuls plus attention."""
         c = self.cfg

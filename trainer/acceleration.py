@@ -3,7 +3,7 @@
     trainer.activation_checkpointing: none | layers | every_k  ->  torch.utils.checkpoint (non-reentrant)
     trainer.compile: true                                       ->  torch.compile of each block, in place
 
-Both act on the model's repeated blocks (`block_list`) and leave parameter names unchanged, so
+Both act on the blocks each model family names (`repeated_blocks()`) and leave parameter names unchanged, so
 checkpoints, exports and inference load the same weights. Dropout masks are replayed in the
 recomputation (the RNG state is preserved), so a checkpointed run computes the losses of a
 plain one. INN's own `model.checkpoint_layers` is the same as `layers`.
@@ -14,22 +14,11 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-# Where each family keeps its repeated blocks: Transformer, INL, Mamba stack (`blocks`), INN
-# (`layers`), hf_inl's GPT-2 / Llama decoder; the LSTM's one nn.LSTM module is a single block.
-BLOCK_PATHS = ("blocks", "layers", "hf.transformer.h", "hf.model.layers", "lstm")
-
-
 def block_list(model: nn.Module) -> list[nn.Module]:
-    """The model's repeated blocks, in forward order."""
-    for path in BLOCK_PATHS:
-        obj = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, nn.ModuleList):
-            return list(obj)
-        if isinstance(obj, nn.Module):
-            return [obj]
-    raise ValueError(f"{type(model).__name__} has no block list ({', '.join(BLOCK_PATHS)})")
+    """The model's repeated blocks, in forward order: what its family names (`repeated_blocks()`)."""
+    if not hasattr(model, "repeated_blocks"):
+        raise ValueError(f"{type(model).__name__} does not name its blocks (a model family defines repeated_blocks())")
+    return model.repeated_blocks()
 
 
 def checkpointing_mode(trainer_cfg, model_cfg) -> tuple[str, int]:

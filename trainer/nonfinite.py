@@ -1,6 +1,6 @@
 """Finite-or-stop: what a step whose loss or gradient norm is not finite does.
 
-Every step all-reduces one flag (with the loss it already averages), so all ranks agree.
+Every step all-reduces one flag with its loss (trainer.reduce_step), so all ranks agree.
 `trainer.on_nonfinite`:
 - `stop` (default): raise `NonFiniteError` before anything of that step is saved; the message
   names the step and the last good checkpoint, which retention keeps (it is pinned).
@@ -12,7 +12,6 @@ Every step all-reduces one flag (with the loss it already averages), so all rank
 from __future__ import annotations
 
 import logging
-import math
 from typing import Optional
 
 import torch
@@ -26,15 +25,6 @@ log = logging.getLogger("neurograph.trainer")
 
 class NonFiniteError(RuntimeError):
     """Training stopped at a non-finite step; no checkpoint was written after it."""
-
-
-def reduce_step(loss: torch.Tensor, grad_norm: Optional[float]) -> tuple[float, bool]:
-    """One all-reduce: (this step's loss averaged over ranks, whether the loss and the gradient
-    norm are finite on every rank)."""
-    bad = not torch.isfinite(loss).item() or (grad_norm is not None and not math.isfinite(grad_norm))
-    both = torch.tensor([loss.detach().float().item(), float(bad)], device=rank_device())
-    dist.all_reduce(both)
-    return both[0].item() / dist.get_world_size(), both[1].item() == 0
 
 
 def weights_finite(engine) -> bool:

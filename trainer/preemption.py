@@ -2,7 +2,7 @@
 
 The first signal on any rank, or a stop file in the run directory (written by a launcher that
 cannot signal its ranks, e.g. the Ray driver), asks every rank to stop after its current step:
-the ranks agree through an all-reduced flag, write a checkpoint at that step and raise
+the ranks agree through a flag all-reduced with the step's loss, write a checkpoint at that step and raise
 `Stopped`. A second signal, or `trainer.preemption_grace_s` seconds without finishing, ends the
 process at once; checkpoints are published atomically, so the last one stays intact.
 """
@@ -14,10 +14,6 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-import torch
-import torch.distributed as dist
-
-from .collectives import rank_device
 
 STOP_FILE = "STOP"  # in trainer.run_dir: holds the number of the signal to stop with
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -49,7 +45,7 @@ def clear_stop(run_dir: str | Path) -> None:
 
 
 class GracefulStop:
-    """Signal handlers of one rank plus the collective `requested()` check made once per step."""
+    """Signal handlers of one rank and its stop request, agreed on by the ranks once per step."""
 
     def __init__(self, run_dir: str | Path, grace_s: float):
         self.stop_file = Path(run_dir) / STOP_FILE
@@ -76,16 +72,17 @@ class GracefulStop:
             timer.daemon = True
             timer.start()
 
-    def requested(self) -> int:
-        """Collective: the signal number to stop with if any rank was asked to stop, else 0."""
-        local = self.signum
-        if not local and self.stop_file.is_file():
-            local = int(self.stop_file.read_text().strip() or signal.SIGTERM)
-            self.signum = local
-            self._arm_deadline(local)
-        flag = torch.tensor([local], dtype=torch.int64, device=rank_device())
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and not self.signum:  # another rank was signalled: this one keeps the same deadline
-            self.signum = int(flag.item())
+    def local_signal(self) -> int:
+        """The signal this rank was asked to stop with (a handler, or the stop file), else 0. Not a
+        collective: the trainer all-reduces it together with the step's loss."""
+        if not self.signum and self.stop_file.is_file():
+            signum = int(self.stop_file.read_text().strip() or signal.SIGTERM)
+            self.signum = signum if signum in STOP_SIGNALS else signal.SIGTERM  # what the ranks can agree on
             self._arm_deadline(self.signum)
-        return int(flag.item())
+        return self.signum
+
+    def agree(self, signum: int) -> None:
+        """Adopt the signal the ranks agreed on: another rank's keeps this one to the same deadline."""
+        if signum and not self.signum:
+            self.signum = signum
+            self._arm_deadline(signum)

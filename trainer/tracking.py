@@ -1,6 +1,7 @@
 """MLflow tracking from rank 0, buffered so that an unreachable server never stops training.
 
-Metrics go to a local buffer and are sent in batches; when the server does not answer, a
+Metrics go to a local buffer and are sent in batches, at most every `flush_every` seconds (and at
+every checkpoint: the trainer flushes there), off the step's path; when the server does not answer, a
 warning is logged, the batch stays buffered (and is spilled to `<run_dir>/mlflow_pending.jsonl`,
 so that a process killed during an outage loses nothing either) and is retried later.
 `finish()` waits a while for the server and reports how many points were dropped if it never
@@ -61,7 +62,7 @@ def configure_mlflow_http(uri: Optional[str]) -> None:
 
 class MLflowTracker:
     def __init__(self, uri: Optional[str], experiment: str, run_dir: str | Path,
-                 retry_interval: float = 10.0, system_metrics_every: float = 0.0):
+                 retry_interval: float = 10.0, system_metrics_every: float = 0.0, flush_every: float = 5.0):
         configure_mlflow_http(uri)
         from mlflow.tracking import MlflowClient
 
@@ -71,6 +72,8 @@ class MLflowTracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.retry_interval = retry_interval
         self.system_metrics_every = system_metrics_every
+        self.flush_every = flush_every
+        self._next_flush = 0.0
         self.run_id: Optional[str] = None
         self._pending: list = []
         self._next_try = 0.0
@@ -167,7 +170,8 @@ class MLflowTracker:
         self._pending.extend(points)
         if self._warned:
             self._spill(points)
-        self.flush()
+        if time.monotonic() >= self._next_flush:
+            self.flush()
 
     def _system_metrics(self) -> dict[str, float]:
         if not self.system_metrics_every or time.monotonic() < self._next_sample:
@@ -188,6 +192,7 @@ class MLflowTracker:
             return True
         if not force and time.monotonic() < self._next_try:
             return False
+        self._next_flush = time.monotonic() + self.flush_every
         try:
             if self._to_create is not None:
                 self._create()

@@ -11,9 +11,9 @@ from ..config_doc import markdown, reference, text
 def cmd_config_show(args) -> int:
     if args.overrides and not args.config:
         raise ConfigError("overrides need --config (the file they apply to)")
-    cfg = load_config(args.config, args.overrides, check_data=False) if args.config else None
+    cfg = load_config(args.config, args.overrides, check_data="if_prepared") if args.config else None
     rows = reference(cfg)
-    if cfg is not None and cfg.model.vocab_size is None:  # filled in from the data when training starts
+    if cfg is not None and cfg.model.vocab_size is None:  # no data yet: training takes it from them
         row = next(r for r in rows if r["key"] == "model.vocab_size")
         row["value"] = f"unset: the tokenizer of the prepared data at {cfg.data.sources[0]} decides"
     if args.json:

@@ -15,7 +15,7 @@ from ..config import ConfigError
 
 def cmd_eval(args) -> int:
     from neurograph.data_pipeline import StreamingTokenLoader, load_manifest
-    from neurograph.trainer.loop import evaluate
+    from neurograph.trainer.evaluation import evaluate
 
     from ..inference import load_trained_model
 

@@ -160,7 +160,7 @@ def export_hf(run_dir: str | Path, out: str | Path, checkpoint: str = "latest", 
 
     from ..config import load_config
     from .tokenizer import hf_tokenizer
-    from .inference import load_trained_model
+    from ..inference import load_trained_model
 
     run_dir, out = Path(run_dir), Path(out)
     if dtype not in ("fp32", "bf16"):

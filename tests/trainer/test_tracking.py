@@ -42,7 +42,8 @@ def store(tmp_path_factory):
 
 
 def new_tracker(run_dir, **kw) -> MLflowTracker:
-    return MLflowTracker(STORE["uri"], "tests", run_dir, retry_interval=0.01, **kw)
+    """A tracker that tries to send at every step (flush_every=0), so the outage tests see each attempt."""
+    return MLflowTracker(STORE["uri"], "tests", run_dir, retry_interval=0.01, **{"flush_every": 0.0, **kw})
 
 
 def steps(run_dir, run_id, key="train/loss") -> list[int]:
@@ -67,6 +68,21 @@ def test_outage_buffers_then_delivers_everything_once(tmp_path, monkeypatch, cap
     assert steps(tmp_path, run_id) == list(range(1, 8))
     assert not (tmp_path / PENDING_FILE).exists()
     assert "unreachable" in caplog.text and "reachable again" in caplog.text
+
+
+def test_points_are_sent_in_batches_off_the_step_path(tmp_path):
+    """With flush_every > 0 a step only appends to the buffer: the points go out together once the
+    interval has passed (or at a checkpoint's flush, or at finish)."""
+    tracker = new_tracker(tmp_path, flush_every=3600.0)
+    run_id = tracker.start(None, "r", {})
+    tracker.log_metrics({"train/loss": 1.0}, 1)  # the first call sends (nothing sent yet)
+    for step in range(2, 5):
+        tracker.log_metrics({"train/loss": float(step)}, step)
+    assert steps(tmp_path, run_id) == [1] and len(tracker._pending) == 3
+    assert tracker.flush()
+    assert steps(tmp_path, run_id) == [1, 2, 3, 4] and not tracker._pending
+    tracker.log_metrics({"train/loss": 5.0}, 5)
+    assert tracker.finish(wait=5) == 0 and steps(tmp_path, run_id) == [1, 2, 3, 4, 5]
 
 
 def test_dropped_points_are_counted(tmp_path, monkeypatch, caplog):
