@@ -10,7 +10,6 @@ from ..inference import encode_prompt, load_run
 def cmd_convergence(args) -> int:
     from neurograph.model.inl_convergence import plot_convergence
 
-
     model, tokenizer = load_run(args.run, args.checkpoint)
     if model.cfg.arch != "inl":
         raise ConfigError(f"convergence plots need an INL model, the run has model.arch={model.cfg.arch}")

@@ -10,7 +10,6 @@ from ..inference import encode_prompt, load_run
 def cmd_generate(args) -> int:
     import torch
 
-
     invalid = [name for name, ok in (("--max-new-tokens", args.max_new_tokens > 0),
                                      ("--temperature", args.temperature > 0),
                                      ("--top-k", args.top_k is None or args.top_k > 0),
