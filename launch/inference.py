@@ -72,3 +72,8 @@ def load_run(run: str, checkpoint: str):
         raise ConfigError(f"--checkpoint {checkpoint}: {err}") from None
     return model, tokenizer
 
+
+def add_run_options(parser, run_help: str = "run directory (trainer.run_dir)") -> None:
+    """--run and --checkpoint, as every command that reads a trained run takes them (see `load_run`)."""
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help=run_help)
+    parser.add_argument("--checkpoint", default="latest", help="latest, a step number or a tag")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import ConfigError
-from ..inference import encode_prompt, load_run
+from ..inference import add_run_options, encode_prompt, load_run
 
 
 def cmd_convergence(args) -> int:
@@ -21,8 +21,7 @@ def cmd_convergence(args) -> int:
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     conv = subparsers.add_parser("convergence", help="plot an INL model's integrator energy per layer and iteration (PNG)")
-    conv.add_argument("--run", required=True, help="run directory of an INL model (trainer.run_dir)")
-    conv.add_argument("--checkpoint", default="latest", help="latest, a step number or a tag")
+    add_run_options(conv, "run directory of an INL model (trainer.run_dir)")
     conv.add_argument("--prompt", required=True, help="text whose tokens are traced")
     conv.add_argument("--out", default="convergence.png", help="PNG file to write")
     conv.set_defaults(func=cmd_convergence)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from ..config import ConfigError
+from ..inference import add_run_options
 
 
 def cmd_eval(args) -> int:
@@ -54,8 +55,7 @@ def cmd_eval(args) -> int:
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser("eval", help="loss, perplexity (and bits per character) of a trained run on a data split, "
                                      "as JSON on stdout")
-    ev.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory (trainer.run_dir)")
-    ev.add_argument("--checkpoint", default="latest", help="latest, a step number or a tag")
+    add_run_options(ev)
     ev.add_argument("--data", default=None, metavar="DIR",
                     help="prepared data directory with the run's tokenizer (default: the run's data.path)")
     ev.add_argument("--split", choices=("val", "train"), default="val", help="split to evaluate")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..export.hf import export_hf, log_to_mlflow
+from ..inference import add_run_options
 
 
 def cmd_export_hf(args) -> int:
@@ -28,8 +29,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     sub = subparsers.add_parser("export", help="export a trained run (Hugging Face folder)").add_subparsers(
         dest="export_command", required=True)
     hf = sub.add_parser("hf", help="a trained run as a Hugging Face folder (AutoModelForCausalLM, trust_remote_code)")
-    hf.add_argument("--run", required=True, help="run directory (trainer.run_dir)")
-    hf.add_argument("--checkpoint", default="latest", help="latest, a step number or a tag")
+    add_run_options(hf)
     hf.add_argument("--out", required=True, help="folder to write; must be empty or absent unless --overwrite")
     hf.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weight precision")
     hf.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import ConfigError
-from ..inference import encode_prompt, load_run
+from ..inference import add_run_options, encode_prompt, load_run
 
 
 def cmd_generate(args) -> int:
@@ -31,8 +31,7 @@ def cmd_generate(args) -> int:
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     gen = subparsers.add_parser("generate", help="sample text from a trained run")
-    gen.add_argument("--run", required=True, help="run directory (trainer.run_dir)")
-    gen.add_argument("--checkpoint", default="latest", help="latest, a step number or a tag")
+    add_run_options(gen)
     gen.add_argument("--prompt", required=True, help="text the sample continues (printed with it)")
     gen.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
     gen.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (> 0)")
