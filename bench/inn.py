@@ -32,6 +32,7 @@ Check that it runs at a tiny size (figures meaningless):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -47,7 +48,8 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from neurograph.kernels.selective_scan import selective_scan_chunked, selective_scan_cpp, selective_scan_ref
+from neurograph.kernels.selective_scan import (selective_scan_chunked, selective_scan_cpp, selective_scan_materialised,
+                                               selective_scan_ref)
 from neurograph.launch.allocator import ALLOCATORS, with_allocator
 from neurograph.model import build_model, parse_model_config
 from neurograph.model.neuron_router import build_router
@@ -117,31 +119,10 @@ def step_flops(model, batch: int, seq: int) -> int:
 
 
 # -- the authors' model, re-stated ---------------------------------------------------------------
-def materialised_scan(u, delta, A, B, C, D, z, delta_bias):
-    """(a) The sequential reference as the authors run it: the discretised A and B*u are built
-    for the whole sequence ([B, d, T, S] each) before the loop over T."""
-    delta = F.softplus(delta + delta_bias[:, None])
-    dA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
-    dBu = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
-    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
-    ys = []
-    for t in range(u.shape[2]):
-        h = dA[:, :, t] * h + dBu[:, :, t]
-        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
-    y = torch.stack(ys, dim=2) + u * D[:, None]
-    return y * F.silu(z)
-
-
-def running_state_scan(u, delta, A, B, C, D, z, delta_bias):
-    """(b) The same recurrence written plainly: one step at a time, keeping only the running
-    state [B, d, S]."""
-    delta = F.softplus(delta + delta_bias[:, None])
-    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
-    ys = []
-    for t in range(u.shape[2]):
-        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
-        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
-    return (torch.stack(ys, dim=2) + u * D[:, None]) * F.silu(z)
+# (a) the scan as the authors run it (discretised A and B*u built for the whole sequence before
+# the loop over T); (b) the same recurrence keeping only the running state [B, d, S].
+materialised_scan = functools.partial(selective_scan_materialised, delta_softplus=True)
+running_state_scan = functools.partial(selective_scan_ref, delta_softplus=True)
 
 
 class AuthorsMamba(nn.Module):

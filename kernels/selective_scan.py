@@ -11,7 +11,8 @@ final state h_T [B, d, S] (fp32, fp64 for fp64 inputs) used to start recurrent d
 
 Implementations (`selective_scan(..., impl=...)` is the single dispatch models call):
 - "sequential": `selective_scan_ref`, a plain loop over T, differentiable through autograd.
-  It is the reference every other path is tested against.
+  It and mamba-ssm's published reference (`selective_scan_materialised`, not a dispatch
+  choice) are what every other path is tested against.
 - "chunked": the pure-PyTorch path. T is cut into chunks; a pass over the chunk length (all
   chunks in parallel) gives each chunk's local end state, a short scan across chunks gives
   every chunk's true start state, and a second pass produces y. Channels are processed in
@@ -137,6 +138,32 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     y = _finish(torch.stack(ys, dim=2) if ys else u[:, :, :0] * 0, u, D, z, dtype)
     return (y, h) if return_last_state else y
 
+
+
+def selective_scan_materialised(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                                return_last_state=False):
+    """mamba-ssm's published `selective_scan_ref` (mamba_ssm/ops/selective_scan_interface.py) for
+    real A and per-step B, C, in the inputs' dtype: exp(delta * A) and delta * B * u [B, d, T, S]
+    are materialised for the whole sequence, then the states are summed step by step. Written
+    apart from `selective_scan_ref` on purpose: it is the tests' independent oracle and the "as
+    published" baseline of bench/inn.py."""
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    delta_a = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    delta_b_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    h = A.new_zeros(u.shape[0], A.shape[0], A.shape[1])
+    ys = []
+    for t in range(u.shape[2]):
+        h = delta_a[:, :, t] * h + delta_b_u[:, :, t]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
+    y = torch.stack(ys, dim=2)
+    if D is not None:
+        y = y + u * D[:, None]
+    if z is not None:
+        y = y * F.silu(z)
+    return (y, h) if return_last_state else y
 
 # ----------------------------------------------------------------------------------------
 # Chunked scan (CPU default). Internal layout puts the position inside the chunk first so
