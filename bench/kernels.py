@@ -20,6 +20,7 @@ took over 150 s on an H200.)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -195,8 +196,8 @@ def training_rows(device, repeats: int, smoke: bool, profile: bool):
              ("INL 1.1B width, 2 layers", INLConfig(**wide), dict(integrator_impl="reference"),
               dict(integrator_impl="triton"), (4, 1024))]
     if smoke:
-        cases = [(name, cfg.model_copy(update=dict(n_layer=1, d_model=32, n_head=2, **({"n_neurons": 4} if cfg.arch == "inn"
-                                                                                          else {"feedforward_dim": 0}))),
+        cases = [(name, dataclasses.replace(cfg, n_layer=1, d_model=32, n_head=2, **({"n_neurons": 4} if cfg.arch == "inn"
+                                                                              else {"feedforward_dim": 0})),
                   off, on, (1, 8)) for name, cfg, off, on, _ in cases]
     print(f"\n{'training step':28} {'without ms':>11} {'with ms':>9} {'speed-up':>9}")
     profiles = []
@@ -204,7 +205,7 @@ def training_rows(device, repeats: int, smoke: bool, profile: bool):
         times = []
         for switches in (off, on):
             torch.manual_seed(0)
-            model = (INN if cfg.arch == "inn" else INLModel)(cfg.model_copy(update=switches)).to(device)
+            model = (INN if cfg.arch == "inn" else INLModel)(dataclasses.replace(cfg, **switches)).to(device)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
             ids = torch.randint(0, cfg.vocab_size, shape, device=device)
 

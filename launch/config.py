@@ -6,6 +6,7 @@ is raised before any process starts.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from neurograph.data_pipeline.config import DataConfig
 from neurograph.data_pipeline.manifest import load_manifest
-from neurograph.model import model_config_union, model_spec, registered_architectures
+from neurograph.model import config_fields, model_config_union, model_spec, registered_architectures
 from neurograph.trainer.config import DeepSpeedConfig, TrackingConfig, TrainerConfig
 
 
@@ -88,7 +89,7 @@ class NeuroGraphConfig(BaseModel):
         manifest = manifests[0]
         vocab = manifest["tokenizer"]["vocab_size"]
         if self.model.vocab_size is None:
-            object.__setattr__(self, "model", self.model.model_copy(update={"vocab_size": vocab}))
+            object.__setattr__(self, "model", dataclasses.replace(self.model, vocab_size=vocab))
         elif self.model.vocab_size < vocab:
             raise _field_error("model.vocab_size", f"{self.model.vocab_size} is smaller than the tokenizer's {vocab}")
         prepared = min(m["seq_len"] for m in manifests)
@@ -106,7 +107,7 @@ def _field_error(path: str, message: str) -> ValueError:
 
 def _allowed_keys(loc: tuple) -> list[str]:
     """Field names valid where the unknown key `loc[-1]` was found."""
-    cls: type[BaseModel] = NeuroGraphConfig
+    cls: type = NeuroGraphConfig
     parts = list(loc[:-1])
     while parts:
         part = parts.pop(0)
@@ -115,12 +116,12 @@ def _allowed_keys(loc: tuple) -> list[str]:
                 return []
             cls = model_spec(parts.pop(0)).config_cls  # the arch tag follows "model" in loc
             continue
-        field = cls.model_fields.get(part)
+        field = config_fields(cls).get(part)
         annotation = field.annotation if field else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         cls = annotation
-    return sorted(cls.model_fields)
+    return sorted(config_fields(cls))
 
 
 def format_validation_error(err: ValidationError) -> str:
@@ -136,7 +137,7 @@ def format_validation_error(err: ValidationError) -> str:
         if loc[:1] == ("model",) and len(loc) > 1 and loc[1] in registered_architectures():
             shown = ("model",) + loc[2:]  # drop the union's arch tag
         path = ".".join(str(p) for p in shown) or "<root>"
-        if e["type"] == "extra_forbidden":
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # a model section's: the latter
             allowed = _allowed_keys(loc)
             msg = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
         elif e["type"] in ("union_tag_invalid", "union_tag_not_found"):

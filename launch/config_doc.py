@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from neurograph.model import model_spec, registered_architectures
+from neurograph.model import config_fields, model_spec, registered_architectures
 
 from .config import NeuroGraphConfig
 
@@ -52,10 +52,10 @@ def _default(field) -> Any:
     return None if field.default is PydanticUndefined else field.default
 
 
-def describe(cls: type[BaseModel], prefix: str, values: Optional[dict] = None) -> list[dict]:
+def describe(cls: type, prefix: str, values: Optional[dict] = None) -> list[dict]:
     """One row per leaf key of `cls` (nested sections flattened: `launcher.ray.num_workers`)."""
     rows = []
-    for name, field in cls.model_fields.items():
+    for name, field in config_fields(cls).items():
         key = f"{prefix}.{name}"
         nested = _nested_model(field.annotation)
         value = (values or {}).get(name)

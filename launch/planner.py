@@ -18,6 +18,7 @@ it (q, k, v, output, log-sum-exp; no T x T scores), as on a GPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -74,9 +75,9 @@ def traced_activation_bytes(model_cfg, micro_batch: int, seq_len: int, precision
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     traced = {}
     for n_layer in (1, 2):
-        cfg = parse_model_config(model_cfg).model_copy(update={"n_layer": n_layer})
+        cfg = dataclasses.replace(parse_model_config(model_cfg), n_layer=n_layer)
         if getattr(cfg, "scan_impl", "chunked") not in ("chunked", "sequential"):  # compiled kernels: no meta
-            cfg = cfg.model_copy(update={"scan_impl": "chunked"})  # saves what mamba-ssm's kernel saves
+            cfg = dataclasses.replace(cfg, scan_impl="chunked")  # saves what mamba-ssm's kernel saves
         with torch.device("meta"):
             model = build_model(cfg).to(dtype).train()
         ids = torch.zeros(micro_batch, seq_len + 1, dtype=torch.long, device="meta")

@@ -13,15 +13,15 @@ so importing this module (and `model`) needs torch alone.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
-from pydantic import Field, model_validator
 
 from .inl import INLConfig, IntegratorBranch, IntegratorController
 from .layers import check_shapes
-from .registry import ModelConfig, register_model
+from .registry import ModelConfig, option, register_model
 
 
 class INLFeedForward(nn.Module):
@@ -70,28 +70,27 @@ def replace_ffn_with_inl(hf_model: nn.Module, num_iterations: int = 5, dt: float
     return controller
 
 
+@dataclass(frozen=True, kw_only=True)
 class HFINLConfig(ModelConfig):
     arch: Literal["hf_inl"] = "hf_inl"
     base: Literal["gpt2", "llama"] = "gpt2"
-    d_model: int = Field(256, gt=0)
-    n_layer: int = Field(6, gt=0)
-    n_head: int = Field(4, gt=0)
-    max_seq_len: int = Field(256, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    num_iterations: int = Field(5, gt=0)
-    dt: float = Field(0.1, gt=0.0)
-    controller_rank: int = Field(64, gt=0)
+    d_model: int = option(256, gt=0)
+    n_layer: int = option(6, gt=0)
+    n_head: int = option(4, gt=0)
+    max_seq_len: int = option(256, gt=0)
+    dropout: float = option(0.0, ge=0.0, lt=1.0)
+    num_iterations: int = option(5, gt=0)
+    dt: float = option(0.1, gt=0.0)
+    controller_rank: int = option(64, gt=0)
     hierarchical_equilibrium: bool = False
-    group_size: int = Field(64, gt=0)
+    group_size: int = option(64, gt=0)
     adaptive_stopping: bool = False
-    min_iterations: int = Field(3, gt=0)
-    stop_threshold: float = Field(1e-3, ge=0.0)
-    excitation_sparsity: float = Field(0.0, ge=0.0, le=1.0)
+    min_iterations: int = option(3, gt=0)
+    stop_threshold: float = option(1e-3, ge=0.0)
+    excitation_sparsity: float = option(0.0, ge=0.0, le=1.0)
 
-    @model_validator(mode="after")
-    def _check(self):
+    def __post_init__(self):
         check_shapes(self.d_model, self.n_head, group_size=self.group_size if self.hierarchical_equilibrium else 0)
-        return self
 
     @property
     def context_length(self) -> int:

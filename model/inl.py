@@ -22,60 +22,58 @@ The hot iteration math lives in kernels/integrator.py (`integrator_step`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, model_validator
-
-from neurograph.kernels.integrator import (INIT_RAW_BIAS, controller_activations, integrator_adaptive, integrator_iterations,
-                                integrator_step, use_fused_iterations)
 
 from .generation import generate
+from .integrator import (INIT_RAW_BIAS, controller_activations, integrator_adaptive,  # kernels/integrator.py
+                         integrator_iterations, integrator_step, use_fused_iterations)
 from .layers import (MLP, CausalSelfAttention, Dropout, KVCache, RotaryEmbedding, TokenPositions,
                      check_shapes, init_gpt_weights)
-from .registry import ModelConfig, register_model
+from .registry import ModelConfig, option, register_model
 
 
+@dataclass(frozen=True, kw_only=True)
 class INLConfig(ModelConfig):
     arch: Literal["inl"] = "inl"
-    d_model: int = Field(256, gt=0)
-    n_layer: int = Field(6, gt=0)
-    n_head: int = Field(4, gt=0)
-    num_iterations: int = Field(5, gt=0, description="integrator iterations K per layer")
-    feedforward_dim: int = Field(0, ge=0, description="hidden width of the FFN branch; 0 removes the branch")
-    max_seq_len: int = Field(256, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    d_model: int = option(256, gt=0)
+    n_layer: int = option(6, gt=0)
+    n_head: int = option(4, gt=0)
+    num_iterations: int = option(5, gt=0, description="integrator iterations K per layer")
+    feedforward_dim: int = option(0, ge=0, description="hidden width of the FFN branch; 0 removes the branch")
+    max_seq_len: int = option(256, gt=0)
+    dropout: float = option(0.0, ge=0.0, lt=1.0)
     positions: Literal["sinusoidal", "rope"] = "sinusoidal"
-    bias: bool = Field(False, description="biases in attention and FFN linears")
-    dt: float = Field(0.1, gt=0.0, description="fixed integration step")
-    controller_rank: int = Field(64, gt=0, description="hidden width r of the controller MLP")
-    shared_controller: bool = Field(True, description="one controller for all layers + per-layer [4] scale/bias")
-    hierarchical_equilibrium: bool = Field(False, description="mu = one global value + per-group offsets summing to "
+    bias: bool = option(False, description="biases in attention and FFN linears")
+    dt: float = option(0.1, gt=0.0, description="fixed integration step")
+    controller_rank: int = option(64, gt=0, description="hidden width r of the controller MLP")
+    shared_controller: bool = option(True, description="one controller for all layers + per-layer [4] scale/bias")
+    hierarchical_equilibrium: bool = option(False, description="mu = one global value + per-group offsets summing to "
                                            "zero (D / group_size parameters); off: one mu per channel (D)")
-    group_size: int = Field(64, gt=0, description="channels per equilibrium group (hierarchical_equilibrium)")
-    adaptive_stopping: bool = Field(False, description="per-token early stop at inference (eval mode)")
-    min_iterations: int = Field(3, gt=0)
-    stop_threshold: float = Field(1e-3, ge=0.0, description="stop once ||z_k - z_{k-1}||_2 < threshold")
-    excitation_sparsity: float = Field(0.0, ge=0.0, le=1.0, description="probability p that a (token, channel) pair is "
+    group_size: int = option(64, gt=0, description="channels per equilibrium group (hierarchical_equilibrium)")
+    adaptive_stopping: bool = option(False, description="per-token early stop at inference (eval mode)")
+    min_iterations: int = option(3, gt=0)
+    stop_threshold: float = option(1e-3, ge=0.0, description="stop once ||z_k - z_{k-1}||_2 < threshold")
+    excitation_sparsity: float = option(0.0, ge=0.0, le=1.0, description="probability p that a (token, channel) pair is "
                                        "excited in training; evaluation adds the expected excitation (p x the wave)")
     lowrank_embeddings: bool = False
-    lowrank_ratio: float = Field(0.125, gt=0.0, le=1.0)
-    tie_embeddings: bool = Field(False, description="output head reuses the (low-rank) input embedding")
-    integrator_impl: Literal["auto", "reference", "triton"] = Field(
+    lowrank_ratio: float = option(0.125, gt=0.0, le=1.0)
+    tie_embeddings: bool = option(False, description="output head reuses the (low-rank) input embedding")
+    integrator_impl: Literal["auto", "reference", "triton"] = option(
         "auto", description="K iterations with the controller in one Triton kernel (triton, opt-in: slower than the "
         "loop on an H200, see BENCHMARKS.md) or the PyTorch loop (reference; auto takes it). Traces and the "
         "convergence loss use the loop")
-    convergence_weight: float = Field(0.0, ge=0.0, description="weight of the auxiliary convergence loss: mean "
+    convergence_weight: float = option(0.0, ge=0.0, description="weight of the auxiliary convergence loss: mean "
                                       "||z_k - z_(k-1)||^2 / D over k > min_iterations (training; "
                                       "`INLModel.aux_loss()`), 0 disables")
 
-    @model_validator(mode="after")
-    def _check(self):
+    def __post_init__(self):
         check_shapes(self.d_model, self.n_head, self.positions == "rope",
                      self.group_size if self.hierarchical_equilibrium else 0)
-        return self
 
     @property
     def context_length(self) -> int:

@@ -15,46 +15,46 @@ options off is the authors' symmetric variant.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn as nn
-from pydantic import Field, model_validator
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from .layers import Dropout
 from .mamba import MambaBlock, MambaState
 from .neuron_router import build_router
 from .recurrent import RecurrentGeneration
-from .registry import ModelConfig, register_model
+from .registry import ModelConfig, option, register_model
 
 
+@dataclass(frozen=True, kw_only=True)
 class INNConfig(ModelConfig):
     arch: Literal["inn"] = "inn"
-    d_model: int = Field(256, gt=0)
-    n_neurons: int = Field(32, gt=0)
-    n_layer: int = Field(6, gt=0)
-    n_head: int = Field(4, gt=0, description="attention heads over the neuron axis")
-    d_state: int = Field(16, gt=0)
-    d_conv: int = Field(4, gt=0)
-    expand: int = Field(2, gt=0)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    d_model: int = option(256, gt=0)
+    n_neurons: int = option(32, gt=0)
+    n_layer: int = option(6, gt=0)
+    n_head: int = option(4, gt=0, description="attention heads over the neuron axis")
+    d_state: int = option(16, gt=0)
+    d_conv: int = option(4, gt=0)
+    expand: int = option(2, gt=0)
+    dropout: float = option(0.1, ge=0.0, lt=1.0)
     routing: Literal["dense", "none", "static", "topk", "hierarchical"] = "dense"
-    topk: int = Field(8, gt=0, description="neurons each neuron attends to (routing: topk)")
-    topk_sketch_dim: int = Field(32, ge=0, description="random-sketch size for picking the top k (0: exact scores)")
-    group_size: int = Field(32, gt=1, description="neurons per group (routing: hierarchical)")
+    topk: int = option(8, gt=0, description="neurons each neuron attends to (routing: topk)")
+    topk_sketch_dim: int = option(32, ge=0, description="random-sketch size for picking the top k (0: exact scores)")
+    group_size: int = option(32, gt=1, description="neurons per group (routing: hierarchical)")
     neuron_identity: Literal["none", "embedding"] = "embedding"
     per_neuron_conv: bool = False
-    adapter_rank: int = Field(0, ge=0, description="per-neuron low-rank adapter on the SSM in_proj (0: off)")
+    adapter_rank: int = option(0, ge=0, description="per-neuron low-rank adapter on the SSM in_proj (0: off)")
     scan_impl: Literal["auto", "sequential", "chunked", "cpp", "cuda", "triton"] = "auto"
-    scan_chunk_size: int = Field(0, ge=0, description="chunked scan chunk length (0: from the shapes)")
-    router_impl: Literal["auto", "reference", "triton"] = Field(
+    scan_chunk_size: int = option(0, ge=0, description="chunked scan chunk length (0: from the shapes)")
+    router_impl: Literal["auto", "reference", "triton"] = option(
         "auto", description="neuron attention kernels of the dense/top-k/hierarchical routers: triton (auto: on CUDA "
         "when installed) or reference (PyTorch, for debugging)")
-    checkpoint_layers: bool = Field(False, description="recompute each layer in backward (activation memory)")
+    checkpoint_layers: bool = option(False, description="recompute each layer in backward (activation memory)")
 
-    @model_validator(mode="after")
-    def _check(self):
+    def __post_init__(self):
         if self.d_model % self.n_head:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
         if self.routing == "hierarchical":
@@ -63,7 +63,6 @@ class INNConfig(ModelConfig):
                 if n % self.group_size:
                     raise ValueError(f"hierarchical routing: {n} neurons do not split into groups of {self.group_size}")
                 n //= self.group_size
-        return self
 
     @property
     def symmetric(self) -> bool:

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from neurograph.kernels.dropout import dropout
+from .dropout import dropout  # kernels/dropout.py
 
 
 def check_shapes(d_model: int, n_head: int, rope: bool = False, group_size: int = 0) -> None:

@@ -2,22 +2,23 @@
 d_model 520, 2 layers, 27 symbols)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn as nn
-from pydantic import Field
 
 from .layers import Dropout
 from .recurrent import RecurrentGeneration
-from .registry import ModelConfig, register_model
+from .registry import ModelConfig, option, register_model
 
 
+@dataclass(frozen=True, kw_only=True)
 class LSTMConfig(ModelConfig):
     arch: Literal["lstm"] = "lstm"
-    d_model: int = Field(520, gt=0, description="embedding and hidden size")
-    n_layer: int = Field(2, gt=0)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    d_model: int = option(520, gt=0, description="embedding and hidden size")
+    n_layer: int = option(2, gt=0)
+    dropout: float = option(0.1, ge=0.0, lt=1.0)
 
 
 @register_model("lstm", LSTMConfig)

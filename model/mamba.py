@@ -21,8 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from neurograph.kernels.causal_conv1d import causal_conv1d_silu
-from neurograph.kernels.selective_scan import cpp_scan_backward, cpp_scan_forward, resolve_scan_impl, selective_scan
+from .causal_conv1d import causal_conv1d_silu  # kernels/causal_conv1d.py
+from .selective_scan import (cpp_scan_backward, cpp_scan_forward, resolve_scan_impl,  # kernels/selective_scan.py
+                             selective_scan)
 
 
 def no_weight_decay(param: nn.Parameter) -> nn.Parameter:

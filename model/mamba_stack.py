@@ -2,28 +2,29 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn as nn
-from pydantic import Field
 
 from .layers import Dropout
 from .mamba import MambaBlock, MambaState
 from .recurrent import RecurrentGeneration
-from .registry import ModelConfig, register_model
+from .registry import ModelConfig, option, register_model
 
 
+@dataclass(frozen=True, kw_only=True)
 class MambaStackConfig(ModelConfig):
     arch: Literal["mamba_stack"] = "mamba_stack"
-    d_model: int = Field(320, gt=0)
-    n_layer: int = Field(6, gt=0)
-    d_state: int = Field(16, gt=0)
-    d_conv: int = Field(4, gt=0)
-    expand: int = Field(2, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    d_model: int = option(320, gt=0)
+    n_layer: int = option(6, gt=0)
+    d_state: int = option(16, gt=0)
+    d_conv: int = option(4, gt=0)
+    expand: int = option(2, gt=0)
+    dropout: float = option(0.0, ge=0.0, lt=1.0)
     scan_impl: Literal["auto", "sequential", "chunked", "cpp", "cuda", "triton"] = "auto"
-    scan_chunk_size: int = Field(0, ge=0, description="chunked scan chunk length (0: from the shapes)")
+    scan_chunk_size: int = option(0, ge=0, description="chunked scan chunk length (0: from the shapes)")
 
 
 @register_model("mamba_stack", MambaStackConfig)

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from neurograph.kernels.neuron_attention import neuron_attention, topk_neuron_attention
+from .neuron_attention import neuron_attention, topk_neuron_attention  # kernels/neuron_attention.py
 
 ROUTINGS = ("dense", "none", "static", "topk", "hierarchical")
 

@@ -1,26 +1,33 @@
 """Architecture registry: `model.arch` -> (config class, builder).
 
-Each model family registers itself here with a pydantic config class (whose `arch` field
-is a `Literal` of its registry name) and a builder. `build_model` accepts the validated
-config object or the `model` section as a plain dict.
+Each model family registers itself here with its config class (whose `arch` field is a
+`Literal` of its registry name) and a builder. Config classes are frozen, keyword-only
+dataclasses declared with `option` and checked across fields in `__post_init__`: plain Python,
+so the family files ship unchanged in a Hugging Face export, where pydantic is absent.
+model/schema.py validates the `model` section against them with pydantic.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 
-class ModelConfig(BaseModel):
+def option(default: Any, description: str = "", **constraints: float) -> Any:
+    """A config field: its default, the description the config reference shows and the numeric
+    bounds (gt, ge, lt, le) pydantic enforces when the section is validated."""
+    return field(default=default, metadata={**constraints, **({"description": description} if description else {})})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
     """Fields every architecture shares. Subclasses add their own and narrow `arch`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    __pydantic_config__ = {"extra": "forbid"}  # an unknown key in the `model` section is an error
 
     arch: str
-    # None: taken from the data manifest when the run is configured.
-    vocab_size: Optional[int] = Field(default=None, gt=0)
+    vocab_size: Optional[int] = option(None, "taken from the data manifest when the run is configured", gt=0)
 
     @property
     def context_length(self) -> Optional[int]:
@@ -58,27 +65,3 @@ def model_spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
         raise KeyError(f"unknown model.arch {name!r}; registered: {', '.join(registered_architectures())}")
     return _REGISTRY[name]
-
-
-def model_config_union():
-    """A pydantic type that validates the `model` section into the right config class."""
-    classes = tuple(spec.config_cls for spec in _REGISTRY.values())
-    if len(classes) == 1:
-        return classes[0]
-    return Annotated[Union[classes], Field(discriminator="arch")]
-
-
-def parse_model_config(section: ModelConfig | dict) -> ModelConfig:
-    if isinstance(section, ModelConfig):
-        return section
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(model_config_union()).validate_python(dict(section))
-
-
-def build_model(section: ModelConfig | dict) -> torch.nn.Module:
-    """Build the registered architecture named by `section.arch`."""
-    cfg = parse_model_config(section)
-    if cfg.vocab_size is None:
-        raise ValueError("model.vocab_size is not set (it is filled from the data manifest by `neurograph train`)")
-    return model_spec(cfg.arch).builder(cfg)

@@ -1,26 +1,27 @@
 """Decoder-only Transformer baseline: pre-norm blocks, causal SDPA, tied embeddings."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
-from pydantic import Field, model_validator
 
 from .generation import generate
 from .layers import (MLP, CausalSelfAttention, Dropout, KVCache, RotaryEmbedding, TokenPositions,
                      check_shapes, init_gpt_weights)
-from .registry import ModelConfig, register_model
+from .registry import ModelConfig, option, register_model
 
 
+@dataclass(frozen=True, kw_only=True)
 class TransformerConfig(ModelConfig):
     arch: Literal["transformer"] = "transformer"
-    d_model: int = Field(256, gt=0)
-    n_layer: int = Field(6, gt=0)
-    n_head: int = Field(4, gt=0)
-    d_ff: int = Field(1024, gt=0)
-    max_seq_len: int = Field(256, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    d_model: int = option(256, gt=0)
+    n_layer: int = option(6, gt=0)
+    n_head: int = option(4, gt=0)
+    d_ff: int = option(1024, gt=0)
+    max_seq_len: int = option(256, gt=0)
+    dropout: float = option(0.0, ge=0.0, lt=1.0)
     positions: Literal["learned", "sinusoidal", "rope"] = "learned"
     bias: bool = False
 
@@ -28,10 +29,8 @@ class TransformerConfig(ModelConfig):
     def context_length(self) -> int:
         return self.max_seq_len
 
-    @model_validator(mode="after")
-    def _check(self):
+    def __post_init__(self):
         check_shapes(self.d_model, self.n_head, self.positions == "rope")
-        return self
 
 
 class TransformerBlock(nn.Module):

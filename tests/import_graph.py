@@ -6,7 +6,8 @@ Nodes are files, named as they are imported: `kernels/dispatch.py` is `neurograp
 `model/__init__.py` is `neurograph.model` (pyproject.toml maps `neurograph.<folder>` to each root
 folder). An edge A -> B means that A's file imports B somewhere: at module level, in a class, or inside
 a function (a lazy import is still a dependency). Relative imports are resolved against the importing
-file's package; `from X import y` is an edge to the module `X.y` when y is a submodule, else to `X`.
+file's package (a family file's `from .selective_scan import` is kernels/selective_scan.py: see
+`kernel_aliases`); `from X import y` is an edge to the module `X.y` when y is a submodule, else to `X`.
 An import of `neurograph.<...>` that names no file or folder of the project is reported by
 `unresolved()`: it would fail when it runs.
 
@@ -86,14 +87,28 @@ def _imported_names(tree: ast.AST, module: str, is_package: bool) -> Iterator[tu
             yield node.lineno, ".".join(base + ([node.module] if node.module else [])), names
 
 
+def kernel_aliases(root: Path = REPO) -> dict[str, str]:
+    """`neurograph.model.x` -> `neurograph.kernels.x` for the kernel modules model/__init__.py registers
+    as siblings of the family files (its KERNEL_MODULES tuple, read without importing it)."""
+    path = root / "model" / "__init__.py"
+    if not path.is_file():
+        return {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "KERNEL_MODULES" for t in node.targets):
+            return {f"{NAMESPACE}.model.{name}": f"{NAMESPACE}.kernels.{name}" for name in ast.literal_eval(node.value)}
+    return {}
+
+
 def _scan(root: Path, packages: tuple[str, ...]) -> tuple[dict[str, set[str]], list[tuple[str, int, str]]]:
     files = modules(root, packages)
+    aliases = kernel_aliases(root)
     dirs = folders(root, packages)
     graph: dict[str, set[str]] = {name: set() for name in files}
     unresolved: list[tuple[str, int, str]] = []
     for module, path in files.items():
         tree = ast.parse(path.read_text(), filename=str(path))
         for line, target, names in _imported_names(tree, module, path.name == "__init__.py"):
+            target = aliases.get(target, target)
             if target != NAMESPACE and not target.startswith(NAMESPACE + "."):
                 if target.startswith("."):
                     unresolved.append((module, line, target))

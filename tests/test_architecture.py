@@ -53,32 +53,34 @@ def test_every_project_import_names_a_file_of_the_project():
 
 
 # Model files ship in Hugging Face exports (launch/export/hf.py copies them) and are the part others
-# import: importing any of them needs only these (and neurograph.model / neurograph.kernels).
-MODEL_MAY_IMPORT = frozenset({"torch", "pydantic", "neurograph"}) | frozenset(sys.stdlib_module_names)
+# import: importing any of them needs only torch (and each other, and the kernels registered as their
+# siblings); model/schema.py validates configs with pydantic and model/__init__.py registers the kernels.
+MODEL_MAY_IMPORT = frozenset({"torch"}) | frozenset(sys.stdlib_module_names)
 # Beyond that, exactly these (a stale entry fails too), each for its reason:
 MODEL_EXTRAS = {
     "model/hf_integrator.py": {"transformers"},        # arch hf_inl is a transformers GPT-2/Llama: in its builder
     "model/inl_convergence.py": {"matplotlib"},         # plot_convergence's PNG: inside that function
-    "model/hf/configuration_neurograph.py": {"transformers"},  # the HF export templates, which transformers loads
-    "model/hf/modeling_neurograph.py": {"transformers"},
-    "model/hf/mlflow_pyfunc.py": {"mlflow", "transformers"},   # the pyfunc model `export hf --register` logs
+    "model/configuration_neurograph.py": {"transformers"},  # the HF wrappers, which transformers loads
+    "model/modeling_neurograph.py": {"transformers"},
+    "model/schema.py": {"pydantic"},  # validates the `model` section: never shipped
 }
-HF_TEMPLATES = "model/hf/"
+HF_WRAPPERS = ("model/configuration_neurograph.py", "model/modeling_neurograph.py")
 
 
 def model_files() -> dict[str, Path]:
     return {str(path.relative_to(REPO)): path for module, path in modules().items() if package_of(module) == "model"}
 
 
-def test_importing_a_model_module_needs_only_torch_and_pydantic():
-    """Outside the export templates, no model file imports anything else when it is imported: the
-    extras of MODEL_EXTRAS are imported inside the functions that use them."""
+def test_importing_a_family_module_needs_only_torch():
+    """Outside the HF wrappers and the package's own plumbing, no model file imports anything else
+    when it is imported: the extras of MODEL_EXTRAS are imported inside the functions that use them."""
+    plumbing = ("model/__init__.py", "model/schema.py")
     found = {name: sorted(external_imports(path, in_functions=False) - MODEL_MAY_IMPORT)
-             for name, path in model_files().items() if not name.startswith(HF_TEMPLATES)}
+             for name, path in model_files().items() if name not in HF_WRAPPERS + plumbing}
     assert {name: extra for name, extra in found.items() if extra} == {}
 
 
-def test_model_imports_nothing_but_torch_pydantic_kernels_and_the_listed_extras(graph):
+def test_model_imports_nothing_but_torch_kernels_and_the_listed_extras(graph):
     found = {name: external_imports(path) - MODEL_MAY_IMPORT for name, path in model_files().items()}
     assert {name: extra for name, extra in found.items() if extra} == MODEL_EXTRAS
     project = {f"{where(source)} -> {target}" for source, targets in graph.items() if package_of(source) == "model"

@@ -1,17 +1,17 @@
 """`neurograph export hf`: a trained run as a self-contained Hugging Face folder.
 
-The folder holds config.json (with `auto_map`), the wrapper files of model/hf/, copies of the
-model family and kernel modules they import (imports rewritten for transformers' dynamic-module
-loader, which loads sibling files through relative imports; pydantic and the registry replaced by
-model/hf/standalone_registry.py), safetensors weights (sharded with an index above
-`max_shard_size`), generation_config.json and the tokenizer. It loads with
+The folder holds config.json (with `auto_map`), the wrappers model/configuration_neurograph.py and
+model/modeling_neurograph.py with the family and kernel modules they import, copied byte for byte
+(they import torch and each other as siblings, the layout transformers' dynamic-module loader
+expects), safetensors weights (sharded with an index above `max_shard_size`),
+generation_config.json and the tokenizer. It loads with
 `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)` where only torch,
 transformers and safetensors are installed.
 """
 from __future__ import annotations
 
 import ast
-import re
+import dataclasses
 import shutil
 import sys
 import zipfile
@@ -21,71 +21,54 @@ from typing import Optional
 from ..config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-TEMPLATES = ("model/hf/configuration_neurograph.py", "model/hf/modeling_neurograph.py")
-STANDALONE_REGISTRY = "model/hf/standalone_registry.py"
+MODEL_DIR, KERNELS_DIR = REPO / "model", REPO / "kernels"
+TEMPLATES = ("configuration_neurograph.py", "modeling_neurograph.py")
 # What the shipped files may import unconditionally: the standard library and these.
 ALLOWED_PACKAGES = frozenset({"torch", "transformers", "safetensors", "numpy"}) | frozenset(sys.stdlib_module_names)
-PYDANTIC_NAMES = frozenset({"Field", "model_validator"})  # what standalone_registry.py provides
-_FROM_IMPORT = re.compile(r"^(\s*)from\s+(\S+)\s+import\s+(.*)$", re.MULTILINE)
-_PLAIN_IMPORT = re.compile(r"^\s*import\s+neurograph\b", re.MULTILINE)
 
 
-def _source_of(module: str, importer: Path) -> Optional[Path]:
-    """Repository file of an import seen in `importer` (None: a third-party or stdlib module)."""
-    if module.startswith("."):
-        level = len(module) - len(module.lstrip("."))
-        package = importer.parent.parents[level - 2] if level > 1 else importer.parent
-        name = module.lstrip(".")
-    elif module.split(".")[:2] in (["neurograph", "model"], ["neurograph", "kernels"]):
-        package, name = REPO / module.split(".")[1], ".".join(module.split(".")[2:])
-    else:
-        return None
-    if not name or "." in name:
-        raise ConfigError(f"{importer.relative_to(REPO)}: `from {module} import` cannot be shipped "
-                          "(use `from .module import name` of a sibling file)")
-    return package / f"{name}.py"
+def _sibling_imports(path: Path) -> list[str]:
+    """Modules `path` imports as `from .name import ...` (anywhere in the file, as transformers'
+    dynamic-module loader finds them); any other project import cannot be shipped."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            if node.level > 1 or not node.module or "." in node.module:
+                raise ConfigError(f"{path.relative_to(REPO)}: `from {'.' * node.level}{node.module or ''} import` "
+                                  "cannot be shipped (use `from .module import name` of a sibling file)")
+            names.append(node.module)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            if any(m.split(".")[0] == "neurograph" for m in modules):
+                raise ConfigError(f"{path.relative_to(REPO)}: `neurograph` imports cannot be shipped")
+    return names
 
 
-def _rewrite(path: Path, text: str, pending: list[Path]) -> str:
-    """The file's text with project imports made sibling-relative; queues the files they name."""
+def _sibling_file(name: str, importer: Path) -> Path:
+    """The file behind `from .name import` in `importer`: its own folder's, or for a family file
+    one of the kernel modules model/__init__.py registers as siblings."""
+    from neurograph.model import KERNEL_MODULES
 
-    def replace(match: re.Match) -> str:
-        indent, module, names = match.groups()
-        if module == "pydantic":
-            wanted = {n.strip() for n in names.split(",")}
-            if not wanted <= PYDANTIC_NAMES:
-                raise ConfigError(f"{path.relative_to(REPO)} imports {sorted(wanted - PYDANTIC_NAMES)} from pydantic, "
-                                  f"which {STANDALONE_REGISTRY} does not provide")
-            return f"{indent}from .registry import {names}"
-        source = _source_of(module, path)
-        if source is None:
-            return match.group(0)
-        pending.append(source)
-        return f"{indent}from .{source.stem} import {names}"
-
-    if _PLAIN_IMPORT.search(text):
-        raise ConfigError(f"{path.relative_to(REPO)}: `import neurograph...` cannot be shipped")
-    return _FROM_IMPORT.sub(replace, text)
+    if importer.parent == MODEL_DIR and name in KERNEL_MODULES:
+        return KERNELS_DIR / f"{name}.py"
+    return importer.parent / f"{name}.py"
 
 
 def write_model_sources(out: Path) -> list[str]:
-    """Copy the wrapper templates and every project module they import (transitively) into
-    `out`, flat; returns the file names written."""
-    pending = [REPO / t for t in TEMPLATES]
+    """Copy the wrapper templates and every module they import (transitively: family files and
+    the kernel modules they call) byte for byte into `out`, flat; returns the file names written."""
+    pending = [MODEL_DIR / t for t in TEMPLATES]
     written: dict[str, Path] = {}
     while pending:
         path = pending.pop()
-        name = path.name
-        if name in written:
-            if written[name] != path:
-                raise ConfigError(f"{path.relative_to(REPO)} and {written[name].relative_to(REPO)} would both be "
-                                  f"shipped as {name}")
+        if path.name in written:
+            if written[path.name] != path:
+                raise ConfigError(f"{path.relative_to(REPO)} and {written[path.name].relative_to(REPO)} would both "
+                                  f"be shipped as {path.name}")
             continue
-        written[name] = path
-        if path == REPO / "model" / "registry.py":
-            (out / name).write_text((REPO / STANDALONE_REGISTRY).read_text())
-            continue
-        (out / name).write_text(_rewrite(path, path.read_text(), pending))
+        written[path.name] = path
+        shutil.copyfile(path, out / path.name)
+        pending += [_sibling_file(name, path) for name in _sibling_imports(path)]
     _check_self_contained(out, sorted(written))
     return sorted(written)
 
@@ -185,7 +168,7 @@ def export_hf(run_dir: str | Path, out: str | Path, checkpoint: str = "latest", 
     template = cfg.export.chat_template if chat_template is None else chat_template
     tokenizer = hf_tokenizer(cfg.data.path, manifest, template)
     special_ids = {role: manifest["tokenizer"].get(f"{role}_id") for role in ("bos", "eos", "pad")}
-    save_hf_model(model, cfg.model.model_dump(), out, dtype, special_ids, max_shard_size)
+    save_hf_model(model, dataclasses.asdict(cfg.model), out, dtype, special_ids, max_shard_size)
     tokenizer.save_pretrained(out)
     return out
 
@@ -197,8 +180,8 @@ def save_hf_model(model, section: dict, out: Path, dtype: str = "fp32", special_
     import torch
     from transformers import GenerationConfig
 
-    from neurograph.model.hf.configuration_neurograph import NeuroGraphConfig
-    from neurograph.model.hf.modeling_neurograph import NeuroGraphForCausalLM, NeuroGraphRecurrentForCausalLM
+    from neurograph.model.configuration_neurograph import NeuroGraphConfig
+    from neurograph.model.modeling_neurograph import NeuroGraphForCausalLM, NeuroGraphRecurrentForCausalLM
     from neurograph.model.recurrent import RecurrentGeneration
 
     section = dict(section)
@@ -220,7 +203,7 @@ def save_hf_model(model, section: dict, out: Path, dtype: str = "fp32", special_
 
 def log_to_mlflow(run_dir: Path, out: Path, register: Optional[str]) -> str:
     """Log the exported folder to the MLflow run that trained the model: as artifact `hf_model/`,
-    or with `register` as an MLflow pyfunc model `hf_pyfunc` (model/hf/mlflow_pyfunc.py, holding
+    or with `register` as an MLflow pyfunc model `hf_pyfunc` (launch/export/mlflow_pyfunc.py, holding
     the folder) registered as a new version of model `register`. Returns the run id."""
     import mlflow
     from mlflow.models import infer_signature
@@ -238,7 +221,7 @@ def log_to_mlflow(run_dir: Path, out: Path, register: Optional[str]) -> str:
         if not register:
             mlflow.log_artifacts(str(out), "hf_model")
             return run_id
-        mlflow.pyfunc.log_model(name="hf_pyfunc", python_model=str(REPO / "model" / "hf" / "mlflow_pyfunc.py"),
+        mlflow.pyfunc.log_model(name="hf_pyfunc", python_model=str(Path(__file__).with_name("mlflow_pyfunc.py")),
                                 artifacts={"hf_model": str(out)}, registered_model_name=register,
                                 pip_requirements=["torch", "transformers", "safetensors"],
                                 signature=infer_signature(["prompt"], ["text"], params={"max_new_tokens": 64}))

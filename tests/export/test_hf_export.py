@@ -231,6 +231,16 @@ def test_folder_layout(exported, runs, tmp_path):
     assert merged.keys() == load_file(str(folder / "model.safetensors")).keys()
 
 
+def test_model_code_is_shipped_byte_for_byte(exported):
+    """Every Python file of an export is the project's own file, unchanged: the families and the
+    wrappers from model/, the kernel modules they call from kernels/."""
+    shipped = sorted(p for p in exported["inl"].iterdir() if p.suffix == ".py")
+    assert {"modeling_neurograph.py", "inl.py", "integrator.py", "registry.py"} <= {p.name for p in shipped}
+    for path in shipped:
+        source = next(f for f in (REPO / "model" / path.name, REPO / "kernels" / path.name) if f.is_file())
+        assert path.read_bytes() == source.read_bytes(), path.name
+
+
 def test_bad_input(runs, tmp_path, capsys):
     run = runs["lstm"]
     # a missing checkpoint step, naming it

@@ -13,7 +13,7 @@ from neurograph.launch.cli import build_parser, main
 from neurograph.launch.cli_docs import _subcommands, is_leaf
 from neurograph.launch.config import NeuroGraphConfig
 from neurograph.launch.config_doc import README_BEGIN, readme_block
-from neurograph.model import model_spec, registered_architectures
+from neurograph.model import config_fields, model_spec, registered_architectures
 from tests.conftest import REPO
 from tests.trainer.runs import TINY_TRANSFORMER
 
@@ -49,7 +49,7 @@ def test_config_show_json_lists_every_key_with_its_default(capsys):
                 continue
             assert f"{section}.{key}" in shown, key
     for arch in registered_architectures():
-        for key in model_spec(arch).config_cls.model_fields:
+        for key in config_fields(model_spec(arch).config_cls):
             assert f"model[{arch}].{key}" in shown
     assert shown["trainer.log_every"]["default"] == 10
     assert shown["trainer.betas"]["default"] == [0.9, 0.95]

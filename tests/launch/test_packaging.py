@@ -139,7 +139,7 @@ def check_wheel_contents(wheel: Path, src: Path) -> None:
     assert "neurograph/configs/demo.yaml" in names
     assert any(re.fullmatch(r"neurograph/data_pipeline/corpora/[^/]+\.xz", n) for n in names)
     assert any(re.fullmatch(r"neurograph/kernels/[^/]+\.cpp", n) for n in names)
-    assert {"neurograph/model/hf/modeling_neurograph.py", "neurograph/model/hf/configuration_neurograph.py"} <= names
+    assert {"neurograph/model/modeling_neurograph.py", "neurograph/model/configuration_neurograph.py"} <= names
 
 
 @pytest.mark.slow

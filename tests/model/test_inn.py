@@ -2,6 +2,7 @@
 symmetry breaking after real training."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -135,7 +136,7 @@ def test_sparse_routing_cost_per_neuron_is_flat(routing):
     costs = {}
     for n in (32, 4096):
         cfg = INNConfig(vocab_size=27, n_neurons=n, routing=routing, topk=8, group_size=32)
-        layer_router = build_model(cfg.model_copy(update=dict(n_layer=1, d_model=256))).layers[0].router
+        layer_router = build_model(dataclasses.replace(cfg, n_layer=1, d_model=256)).layers[0].router
         costs[n] = layer_router.flops_per_neuron(n)
     assert costs[4096] / costs[32] < 1.5
     dense = DenseRouter(256, 4, 0.0)

@@ -21,14 +21,14 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..inl import INLModel  # noqa: F401  (importing a family registers its architecture)
-from ..inn import INN  # noqa: F401
-from ..lstm import LSTMLanguageModel  # noqa: F401
-from ..mamba_stack import MambaStack  # noqa: F401
-from ..recurrent import RecurrentGeneration
-from ..registry import model_spec
-from ..transformer import Transformer  # noqa: F401
 from .configuration_neurograph import NeuroGraphConfig
+from .inl import INLModel  # noqa: F401  (importing a family registers its architecture)
+from .inn import INN  # noqa: F401
+from .lstm import LSTMLanguageModel  # noqa: F401
+from .mamba_stack import MambaStack  # noqa: F401
+from .recurrent import RecurrentGeneration
+from .registry import model_spec
+from .transformer import Transformer  # noqa: F401
 
 # The output field holding the cache: "cache" in transformers >= 5.x, "past_key_values" before.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
