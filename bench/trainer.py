@@ -1,13 +1,15 @@
 """Trainer overhead: `neurograph train` against a bare PyTorch loop, same model, cores and global batch.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/trainer.py [--steps 300] [--warmup 100] [--rounds 2]
+    .venv/bin/python bench/trainer.py [--steps 300] [--warmup 100] [--rounds 2]
 
 The trainer runs configs/demo.yaml as shipped (2 processes on the 2 cores, ZeRO-2, micro-batch 8 x 2
 accumulation steps, seq 128, MLflow tracking to the run's sqlite store, checkpoint at the end) on the
 bundled Shakespeare prepared with defaults; its tokens/s is its logged intervals' tokens over their
-time after the warm-up (a demo run speeds up over its first ~100 steps: 15-16k tokens/s, then 18-20k). The bare loop is what a competent engineer writes for one machine: one process using
-every core (torch threads = cores), the same model, AdamW with the same settings and clipping, one
-batch of the same 32 sequences per step, on jemalloc like the trainer's workers. Each side runs in
+time after the warm-up (a demo run speeds up over its first ~100 steps). It runs without
+OMP_NUM_THREADS, so the launcher gives each rank its share of the cores. The bare loop is what a
+competent engineer writes for one machine: one process using every core (torch threads = cores),
+the same model, AdamW with the same settings and clipping, one batch of the same 32 sequences per
+step, on jemalloc like the trainer's workers. Each side runs in
 its own process, one after the other, `--rounds` times; the table takes each side's best round.
 """
 from __future__ import annotations
@@ -39,7 +41,8 @@ def trainer_tokens_per_s(data: Path, root: Path, steps: int, warmup: int) -> flo
     cmd = [str(Path(sys.executable).parent / "neurograph"), "train", "--config", str(SHIPPED_CONFIGS / "demo.yaml"),
            f"data.path={data}", f"trainer.run_dir={run}", f"trainer.max_steps={steps}", "trainer.log_every=10",
            "trainer.eval_every=0", "trainer.checkpoint_every=0"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=3600)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=3600, env=env)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     rates = [r["train/tokens_per_s"] for r in records if "train/tokens_per_s" in r and warmup < r["step"] < steps]
     return statistics.harmonic_mean(rates)  # equal tokens per interval: total tokens / total time
@@ -49,6 +52,7 @@ def bare_loop_child(steps: int, warmup: int, vocab: int) -> None:
     """One process, every core: the same model, optimizer and global batch as the demo config."""
     cfg = demo_config()
     t, seq = cfg["trainer"], cfg["data"]["seq_len"]
+    torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     model = build_model(parse_model_config({**cfg["model"], "vocab_size": vocab}))
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -72,7 +76,7 @@ def bare_loop_child(steps: int, warmup: int, vocab: int) -> None:
 
 
 def bare_tokens_per_s(steps: int, warmup: int, vocab: int) -> float:
-    env = with_allocator(dict(os.environ), "jemalloc")
+    env = with_allocator({k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, "jemalloc")
     out = subprocess.run([sys.executable, __file__, "--bare-child", str(vocab), "--steps", str(steps),
                           "--warmup", str(warmup)], env=env, check=True,
                          capture_output=True, text=True, timeout=3600)

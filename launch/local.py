@@ -36,7 +36,12 @@ def worker_env(num_processes: int, allocator: str) -> dict[str, str]:
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
         # Share the cores between the ranks instead of oversubscribing them.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+        cores = os.cpu_count() or 1
+        env.setdefault("OMP_NUM_THREADS", str(max(1, cores // num_processes)))
+        if int(env["OMP_NUM_THREADS"]) * num_processes > cores:
+            print(f"warning: OMP_NUM_THREADS={env['OMP_NUM_THREADS']} for each of {num_processes} processes "
+                  f"oversubscribes {cores} cores (unset it to give each rank {max(1, cores // num_processes)})",
+                  file=sys.stderr)
         env = with_allocator(env, allocator)
     return env
 

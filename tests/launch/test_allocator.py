@@ -51,6 +51,16 @@ def test_the_local_launcher_preloads_jemalloc_for_cpu_ranks_unless_told_otherwis
     assert "jemalloc" not in worker_env(2, "system").get("LD_PRELOAD", "")
 
 
+def test_threads_the_user_set_are_kept_and_oversubscription_is_named(monkeypatch, capsys):
+    cores = os.cpu_count() or 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores))
+    assert worker_env(2, "system")["OMP_NUM_THREADS"] == str(cores)
+    assert f"OMP_NUM_THREADS={cores} for each of 2 processes oversubscribes {cores} cores" in capsys.readouterr().err
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    worker_env(cores, "system")
+    assert capsys.readouterr().err == ""
+
+
 def test_what_the_user_set_is_kept(monkeypatch):
     mine = {"LD_PRELOAD": "/opt/lib/libjemalloc.so.2", "MALLOC_CONF": "narenas:2"}
     assert with_allocator(mine, "jemalloc") == mine  # jemalloc preloaded already: nothing to add
