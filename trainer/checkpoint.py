@@ -7,6 +7,8 @@ Layout under `<run_dir>/checkpoints/`:
                         file, step, world size, resolved config)
     latest              the tag of the newest published checkpoint (rebuilt if missing)
     pinned              tags retention never deletes (the last one before a non-finite step)
+    universal/step_.../ a checkpoint converted for another world size or ZeRO stage (`reshard.py`),
+                        deleted with its original
     .staging/           checkpoints being written; never read
 A crash while saving leaves only a partial directory in `.staging/`; `latest` and every
 published checkpoint stay intact. Nothing is unpickled without restriction: DeepSpeed's files
@@ -16,6 +18,7 @@ DeepSpeed is imported on first use: the launcher and the CLI tools import this m
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -33,6 +36,7 @@ import torch.distributed as dist
 
 LATEST = "latest"
 PINNED = "pinned"
+UNIVERSAL = "universal"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 TAG_PATTERN = re.compile(r"step_\d+")
@@ -81,6 +85,23 @@ def safe_load(path: str | Path, map_location=None, mmap: bool = False):
     """torch.load with the restricted unpickler: tensors, containers and the allow-list only."""
     with torch.serialization.safe_globals(deepspeed_safe_globals()):
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+@contextlib.contextmanager
+def restricted_torch_load():
+    """Within this block every `torch.load` is `safe_load`'s: DeepSpeed's universal-checkpoint code
+    (converter and loader) calls torch.load(weights_only=False) itself."""
+    original = torch.load
+
+    def load(f, map_location=None, weights_only=None, **kwargs):
+        with torch.serialization.safe_globals(deepspeed_safe_globals()):
+            return original(f, map_location=map_location, weights_only=True, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
 
 
 @functools.cache
@@ -261,6 +282,7 @@ class CheckpointManager:
         for tag in self.published()[: -self.keep]:
             if tag not in keep:
                 shutil.rmtree(self.root / tag, ignore_errors=True)
+                shutil.rmtree(self.root / UNIVERSAL / tag, ignore_errors=True)
 
 
 def step_of(tag: str) -> int:
@@ -268,14 +290,21 @@ def step_of(tag: str) -> int:
 
 
 def full_weights(engine) -> dict[str, torch.Tensor]:
-    """Collective. The model's full weights on rank 0 (own copies: safetensors refuses shared
-    storage, e.g. tied embeddings); empty elsewhere."""
-    if engine.zero_optimization_partition_weights():  # ZeRO-3: gathered onto rank 0
-        state = engine._zero3_consolidated_16bit_state_dict()
-    else:
-        state = engine.module.state_dict()
+    """Collective. The model's full weights on rank 0, parameters as the optimizer's fp32 master
+    copies (in bf16 runs the module holds only a rounded copy; ZeRO-3 gathers them), buffers as the
+    module holds them; own copies (safetensors refuses shared storage, e.g. tied embeddings);
+    empty elsewhere."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    masters = {id(p): safe_get_full_fp32_param(p) for p in engine.module.parameters() if p.requires_grad}
     if dist.get_rank() != 0:
         return {}
+    state = {}
+    for name, value in engine.module.state_dict(keep_vars=True).items():  # a tied weight under each name
+        if id(value) not in masters:  # a buffer
+            state[name] = value
+        else:  # stage 0 in fp32 keeps no master copy (None): the parameter is its own master
+            state[name] = value.float() if masters[id(value)] is None else masters[id(value)]
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 

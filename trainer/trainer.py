@@ -35,6 +35,7 @@ from .mfu import Utilization
 from .nonfinite import NonFiniteError, NonFiniteGuard
 from .preemption import STOP_SIGNALS, GracefulStop, Stopped
 from .progress import Throughput, progress_line
+from .reshard import is_universal, load_universal
 from .tracking import MLflowTracker, flatten_params
 
 log = logging.getLogger("neurograph.trainer")
@@ -133,16 +134,19 @@ class Trainer:
 
     def _resume(self, resume: str) -> Optional[str]:
         """Load a checkpoint into the engine and the data position; returns its MLflow run id."""
-        source = self.checkpoints
         if os.path.isabs(resume) and Path(resume).is_dir():  # a checkpoint directory outside run_dir
-            source, tag = CheckpointManager(Path(resume).parent), Path(resume).name
+            directory = Path(resume)
         else:
-            tag = self.checkpoints.resolve(resume)
-        state = source.load(self.engine, tag)
+            directory = self.checkpoints.root / self.checkpoints.resolve(resume)
+        if is_universal(directory):  # converted for another world size or ZeRO stage (`--reshard`)
+            state = load_universal(self.engine, directory)
+        else:
+            state = CheckpointManager(directory.parent).load(self.engine, directory.name)
         self.step = state["step"]
         self.loader.load_state_dict(state["data"])
+        self.guard.count = state.get("nonfinite_steps", 0)
         if self.rank == 0:
-            log.info("resumed from %s at step %d", source.root / tag, self.step)
+            log.info("resumed from %s at step %d", directory, self.step)
         return state.get("mlflow_run_id")
 
     def _start_tracking(self, run_id: Optional[str], launch_id: Optional[str]) -> Optional[MLflowTracker]:
@@ -212,6 +216,8 @@ class Trainer:
         self.loader.load_state_dict(state["data"])
         self.batches = iter(self.loader)
         self.metrics.truncate(self.step)
+        if self.tracker:
+            self.tracker.rewind()
 
     def log_step(self, outcome: StepOutcome) -> dict:
         record = {"step": self.step, "train/loss": outcome.loss, "train/lr": self.scheduler.get_last_lr()[0]}
@@ -246,7 +252,8 @@ class Trainer:
             return
         run_id = self.tracker.run_id if self.tracker else None
         path = self.checkpoints.save(self.engine, self.step, {"step": self.step, "data": self.loader.state_dict(),
-                                                              "mlflow_run_id": run_id})
+                                                              "mlflow_run_id": run_id,
+                                                              "nonfinite_steps": self.guard.count})
         if self.rank == 0:
             log.info("checkpoint %s", path)
             if self.tracker:  # the metrics up to the checkpoint reach the server before a resume could need them

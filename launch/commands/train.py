@@ -32,7 +32,7 @@ def cmd_train(args) -> int:
     if args.resume is not None and not published:
         raise ConfigError(f"--resume: no published checkpoint under {run_dir / 'checkpoints'}")
     if args.resume is not None:
-        args.resume = checked_resume(cfg, checkpoints, args.resume, args.allow_config_change)
+        args.resume = checked_resume(cfg, checkpoints, args.resume, args.allow_config_change, args.reshard)
     if args.init_from is not None:
         if args.resume is not None:
             raise ConfigError("--init-from starts a new run from another run's weights; it excludes --resume")
@@ -81,6 +81,10 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
                        help="download the newest checkpoint logged to an MLflow run and continue that run")
     train.add_argument("--allow-config-change", action="store_true",
                        help="resume although the model or data section differs from the checkpoint's")
+    train.add_argument("--reshard", action="store_true",
+                       help="resume a checkpoint written with another world size or ZeRO stage (1-3): convert it to a "
+                            "universal checkpoint beside the original (fp32 weights, optimizer moments, schedule, data "
+                            "position); without it such a resume is refused")
     train.add_argument("--init-from", default=None, metavar="RUN[:STEP]",
                        help="start from the weights of another run's checkpoint (latest, or STEP): new optimizer, "
                             "schedule and data order, step 0 (fine-tuning)")
