@@ -14,7 +14,8 @@ One training run is one MLflow run, whatever happens to the processes:
 - a launcher that restarts workers before the first checkpoint passes a `launch_id`; the run
   is tagged with it and found again;
 - steps already logged are not logged twice: points at steps up to the last step the server
-  holds are skipped (recomputed steps after a resume are identical anyway).
+  holds are skipped (recomputed steps after a resume are identical anyway), and so are the
+  steps a rollback replays (`rewind`).
 
 Checkpoints can be logged as artifacts `checkpoints/<tag>`; the run tag
 `neurograph.latest_checkpoint` names the newest complete upload (it is set only after the
@@ -78,6 +79,8 @@ class MLflowTracker:
         self._pending: list = []
         self._next_try = 0.0
         self._skip_through: Optional[int] = -1  # None: unknown until the server answers
+        self._last_step = -1  # the highest step logged by this process
+        self._replayed_through = -1  # after a rollback: steps up to here are replays, already logged
         self._warned = False
         self._next_sample = 0.0
         self._failed_checkpoint: Optional[tuple[Path, str]] = None
@@ -161,8 +164,9 @@ class MLflowTracker:
 
     # ---- metrics ---------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self._skip_through is not None and step <= self._skip_through:
+        if step <= self._replayed_through or (self._skip_through is not None and step <= self._skip_through):
             return
+        self._last_step = max(self._last_step, step)
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -172,6 +176,11 @@ class MLflowTracker:
             self._spill(points)
         if time.monotonic() >= self._next_flush:
             self.flush()
+
+    def rewind(self) -> None:
+        """The trainer rolled back to an earlier checkpoint: the steps it replays up to the last one
+        logged are recomputations of logged steps (same weights, same batches) and are not sent again."""
+        self._replayed_through = self._last_step
 
     def _system_metrics(self) -> dict[str, float]:
         if not self.system_metrics_every or time.monotonic() < self._next_sample:
