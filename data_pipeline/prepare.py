@@ -31,7 +31,7 @@ from .manifest import FORMAT_VERSION, MANIFEST, SPLITS, verify
 from .shards import write_shard
 from .sources import NORMALIZATIONS, check_inputs, iter_corpus, split_name
 from .storage import is_url, list_names, upload_directory
-from .tokenizers import DEFAULT_EOS, CharTokenizer, HFTokenizer, SentencePieceTokenizer, Tokenizer, role_ids
+from .tokenizers import DEFAULT_EOS, DEFAULT_UNK, CharTokenizer, HFTokenizer, SentencePieceTokenizer, Tokenizer, role_ids
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ def prepare_corpus(
 ) -> dict:
     """Prepare `inputs` (paths, globs or URLs) into `out_dir` (a directory or URL); returns the
     manifest. `tokenizer`: "char", "sentencepiece", "bpe" (trained here with `vocab_size`),
-    "hf:PATH" (an existing tokenizer.json) or a tokenizer object. `eos_token`: "auto" gives the
-    subword kinds DEFAULT_EOS and char none; None: no EOS."""
+    "hf:PATH" (an existing tokenizer.json) or a tokenizer object. `eos_token`: "auto" gives every
+    kind DEFAULT_EOS (and char DEFAULT_UNK for characters outside its vocabulary) except under
+    normalize="text8", whose 27 symbols are the benchmark's; None: no EOS."""
     _check_arguments(tokenizer, vocab_size, sp_model_type, normalize, seq_len, val_fraction, samples_per_shard, workers)
     inputs = check_inputs([str(p) for p in inputs])
     out = str(out_dir)
@@ -96,7 +97,7 @@ def _prepare_into(out: Path, inputs, tokenizer, vocab_size, sp_model_type, norma
     def corpus() -> Iterator[tuple[str, str, bool]]:
         return iter_corpus(inputs, normalize=normalize, jsonl_field=jsonl_field)
 
-    roles = _roles(tokenizer, eos_token)
+    roles = _roles(tokenizer, eos_token, normalize)
     tok = _build_tokenizer(tokenizer, corpus, normalize, vocab_size, sp_model_type, seed, special_tokens, roles)
     dtype = token_dtype(tok.vocab_size)
     ids = role_ids(tok)
@@ -276,10 +277,13 @@ def _worker_encode(task: list) -> np.ndarray:
     return encode_task(_WORKER["tok"], _WORKER["end_ids"], task)
 
 
-def _roles(tokenizer, eos_token: Optional[str]) -> dict[str, str]:
+def _roles(tokenizer, eos_token: Optional[str], normalize: str) -> dict[str, str]:
+    if not isinstance(tokenizer, str):
+        return {}  # a tokenizer object brings its own
+    roles = {"unk": DEFAULT_UNK} if tokenizer == "char" and normalize != "text8" else {}
     if eos_token == "auto":
-        eos_token = None if tokenizer == "char" or not isinstance(tokenizer, str) else DEFAULT_EOS
-    return {"eos": eos_token} if eos_token else {}
+        eos_token = None if normalize == "text8" else DEFAULT_EOS
+    return {"eos": eos_token, **roles} if eos_token else roles
 
 
 def _build_tokenizer(tokenizer, corpus: Callable[[], Iterator], normalize: str, vocab_size: int, sp_model_type: str,

@@ -4,8 +4,9 @@ local `tokenizer.json`).
 
 Every kind maps `str -> list[int]` and back exactly (`decode(encode(s)) == s`), including
 special tokens written in the text: they are reserved ids that never split. `roles` names the
-special tokens that play a part (`eos`, `bos`, `pad`); `prepare` ends every document with EOS
-when there is one. A tokenizer saves itself into a data directory and `load_tokenizer(dir)`
+special tokens that play a part (`eos`, `bos`, `pad`, `unk`); `prepare` ends every document with
+EOS when there is one, and a character vocabulary with an `unk` token encodes characters it does
+not hold as that token (without one, they are an error). A tokenizer saves itself into a data directory and `load_tokenizer(dir)`
 reads it back (kind and roles come from the manifest)."""
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from .errors import DataError, MissingData
 CHAR_FILE = "tokenizer.json"
 SENTENCEPIECE_FILE = "tokenizer.model"
 HF_FILE = "hf_tokenizer.json"
-ROLES = ("eos", "bos", "pad")
-DEFAULT_EOS = "<|endoftext|>"  # GPT-2's end-of-text token, the default EOS of the subword kinds
+ROLES = ("eos", "bos", "pad", "unk")
+DEFAULT_EOS = "<|endoftext|>"  # GPT-2's end-of-text token, every kind's default EOS
+DEFAULT_UNK = "<unk>"  # the character vocabulary's default stand-in for characters it does not hold
 
 
 class Tokenizer(Protocol):
@@ -49,12 +51,12 @@ class Tokenizer(Protocol):
 
 
 def role_ids(tok: Tokenizer) -> dict[str, Optional[int]]:
-    """{"eos_id": ..., "bos_id": ..., "pad_id": ...}, None where the role is unset."""
+    """{"eos_id": ..., "bos_id": ..., "pad_id": ..., "unk_id": ...}, None where the role is unset."""
     return {f"{role}_id": tok.special_tokens[tok.roles[role]] if role in tok.roles else None for role in ROLES}
 
 
 def ordered_specials(roles: dict[str, str], user: Iterable[str]) -> list[str]:
-    """The special tokens in id order: role tokens (eos, bos, pad) first, then the user's."""
+    """The special tokens in id order: role tokens (eos, bos, pad, unk) first, then the user's."""
     out: list[str] = []
     for token in [roles[r] for r in ROLES if r in roles] + list(user):
         if not token:
@@ -102,10 +104,13 @@ class CharTokenizer:
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         ids = np.minimum(np.searchsorted(self._codepoints, codes), len(self._codepoints) - 1)
         bad = self._codepoints[ids] != codes
+        ids = ids.astype(np.int64) + len(self.specials)
         if bad.any():
-            unknown = sorted({chr(c) for c in codes[bad][:1000]})
-            raise DataError(f"characters not in the vocabulary: {unknown!r}")
-        return ids.astype(np.int64) + len(self.specials)
+            if "unk" not in self.roles:
+                unknown = sorted({chr(c) for c in codes[bad][:1000]})
+                raise DataError(f"characters not in the vocabulary: {unknown!r}")
+            ids[bad] = self.special_tokens[self.roles["unk"]]
+        return ids
 
     def encode_array(self, text: str) -> np.ndarray:
         """Token ids as an int64 array (fast path for long texts)."""

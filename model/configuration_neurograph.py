@@ -11,8 +11,11 @@ class NeuroGraphConfig(PretrainedConfig):
     model_type = "neurograph"
 
     def __init__(self, model_section: Optional[dict[str, Any]] = None, max_position_embeddings: Optional[int] = None,
-                 use_cache: bool = True, **kwargs: Any):
+                 use_cache: bool = True, trained_vocab_size: Optional[int] = None, **kwargs: Any):
         self.model_section = dict(model_section or {})
+        # ids at or above it were appended by the export (an EOS or UNK the data lacked): never
+        # trained, their embeddings are zero and their logits -inf. None: every id was trained.
+        self.trained_vocab_size = trained_vocab_size
         self.arch = self.model_section.get("arch")
         self.vocab_size = self.model_section.get("vocab_size")
         # transformers' names for the sizes (its caches count layers with num_hidden_layers)

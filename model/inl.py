@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .generation import generate
 from .integrator import (INIT_RAW_BIAS, controller_activations, integrator_adaptive,  # kernels/integrator.py
                          integrator_iterations, integrator_step, use_fused_iterations)
-from .layers import (MLP, CausalSelfAttention, Dropout, KVCache, RotaryEmbedding, TokenPositions,
+from .layers import (MLP, CausalSelfAttention, Dropout, KVCache, Padding, RotaryEmbedding, TokenPositions,
                      check_shapes, init_gpt_weights)
 from .registry import ModelConfig, option, register_model
 
@@ -371,8 +371,8 @@ class INLBlock(nn.Module):
             self.ln_ffn = self.ffn = None
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None,
-                controller: Optional[IntegratorController] = None) -> torch.Tensor:
-        a = self.attn(self.ln_attn(x), cache)
+                controller: Optional[IntegratorController] = None, padding: Optional[Padding] = None) -> torch.Tensor:
+        a = self.attn(self.ln_attn(x), cache, padding)
         x = x + a
         x = x + self.drop(self.integrator(self.ln_int(x), a, controller))
         if self.ffn is not None:
@@ -436,13 +436,16 @@ class INLModel(nn.Module):
     def new_caches(self) -> list[KVCache]:
         return [KVCache() for _ in self.blocks]
 
-    def forward(self, input_ids: torch.Tensor, caches: Optional[list[KVCache]] = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, caches: Optional[list[KVCache]] = None,
+                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """input_ids [B, T] -> logits [B, T, V]. With `caches` (one per layer) the tokens continue
-        after the cached ones and the caches are extended."""
+        after the cached ones and the caches are extended. `attention_mask` [B, cached + T]
+        (0: padding, left or right) hides padded keys and positions each row as if unpadded."""
         offset = caches[0].length if caches else 0
-        x = self.drop(self.positions(self.embed(input_ids), offset))  # [B, T, D]
+        padding = Padding.from_mask(attention_mask, offset, input_ids.shape[1])
+        x = self.drop(self.positions(self.embed(input_ids), offset, padding))  # [B, T, D]
         for i, block in enumerate(self.blocks):
-            x = block(x, caches[i] if caches else None, self.controller)
+            x = block(x, caches[i] if caches else None, self.controller, padding)
         x = self.ln_f(x)
         return self.embed.logits(x) if self.head is None else self.head(x)
 

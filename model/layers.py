@@ -3,6 +3,7 @@ rotary and sinusoidal positions, and the GELU MLP."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -57,6 +58,29 @@ class KVCache:
         return self.k, self.v
 
 
+@dataclass
+class Padding:
+    """The layout of a padded batch, from its attention_mask [B, S] (1: a token, 0: padding; S counts
+    cached tokens too): each new token's position (the number of tokens before it in its row, so a
+    left-padded row is positioned as if unpadded) and the keys attention may see."""
+
+    positions: torch.Tensor  # [B, T] of the T new tokens
+    keys: torch.Tensor  # [B, S] bool
+
+    @classmethod
+    def from_mask(cls, attention_mask: Optional[torch.Tensor], offset: int, t: int) -> Optional["Padding"]:
+        """None when there is no padding (the unpadded fast paths apply)."""
+        if attention_mask is None:
+            return None
+        if attention_mask.shape[1] != offset + t:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[1]} tokens, the input {offset} cached "
+                             f"+ {t} new")
+        keys = attention_mask.bool()
+        if bool(keys.all()):
+            return None
+        return cls((keys.long().cumsum(-1) - 1).clamp(min=0)[:, offset:], keys)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (RoPE) applied to queries and keys."""
 
@@ -67,11 +91,13 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offset: int = 0, padding: Optional[Padding] = None) -> torch.Tensor:
         # x: [B, H, T, hd]; rotate channel pairs (even, odd) by position-dependent angles.
         t = x.shape[2]
-        cos = self.cos[offset : offset + t].to(x.dtype)
-        sin = self.sin[offset : offset + t].to(x.dtype)
+        if padding is None:
+            cos, sin = self.cos[offset : offset + t].to(x.dtype), self.sin[offset : offset + t].to(x.dtype)
+        else:  # per-row positions: [B, 1, T, hd/2]
+            cos, sin = (table[padding.positions].unsqueeze(1).to(x.dtype) for table in (self.cos, self.sin))
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
 
@@ -89,7 +115,7 @@ def sinusoidal_positions(max_seq_len: int, d_model: int) -> torch.Tensor:
 class TokenPositions(nn.Module):
     """Positions of a decoder's input: learned or sinusoidal tables are added to the token
     embeddings; with `rope` nothing is added and `rotary` is handed to attention instead.
-    Positions continue after `offset` cached tokens."""
+    Positions continue after `offset` cached tokens, or come from `padding`."""
 
     def __init__(self, kind: str, max_seq_len: int, d_model: int, n_head: int):
         super().__init__()
@@ -100,19 +126,21 @@ class TokenPositions(nn.Module):
         elif kind == "sinusoidal":
             self.register_buffer("table", sinusoidal_positions(max_seq_len, d_model), persistent=False)
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offset: int = 0, padding: Optional[Padding] = None) -> torch.Tensor:
         t = x.shape[1]  # x: [B, T, D]
         if offset + t > self.max_seq_len:
             raise ValueError(f"sequence of {offset + t} tokens exceeds max_seq_len {self.max_seq_len}")
+        if self.kind == "rope":
+            return x
+        positions = torch.arange(offset, offset + t, device=x.device) if padding is None else padding.positions
         if self.kind == "learned":
-            return x + self.table(torch.arange(offset, offset + t, device=x.device))
-        if self.kind == "sinusoidal":
-            return x + self.table[offset : offset + t].to(x.dtype)
-        return x
+            return x + self.table(positions)
+        return x + self.table[positions].to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention (PyTorch SDPA), optionally rotary, optionally cached."""
+    """Multi-head causal self-attention (PyTorch SDPA), optionally rotary, optionally cached; with
+    `padding`, keys at padded positions are hidden (a padding query sees itself only)."""
 
     def __init__(self, d_model: int, n_head: int, dropout: float = 0.0, bias: bool = False,
                  rotary: Optional[RotaryEmbedding] = None):
@@ -126,21 +154,26 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = Dropout(dropout)
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None,
+                padding: Optional[Padding] = None) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)
         q, k, v = (y.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for y in (q, k, v))  # [B, H, T, hd]
         offset = cache.length if cache is not None else 0
         if self.rotary is not None:
-            q, k = self.rotary(q, offset), self.rotary(k, offset)
+            q, k = self.rotary(q, offset, padding), self.rotary(k, offset, padding)
         if cache is not None:
             k, v = cache.append(k, v)
         dropout_p = self.dropout if self.training else 0.0
-        if offset == 0:
+        if offset == 0 and padding is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
-            # New queries sit at positions offset..offset+t-1 and see every key up to their own.
-            allowed = torch.arange(offset + t, device=x.device)[None, :] <= (offset + torch.arange(t, device=x.device))[:, None]
+            # New queries sit at slots offset..offset+t-1 and see every key up to their own.
+            keys = torch.arange(offset + t, device=x.device)[None, :]
+            own = offset + torch.arange(t, device=x.device)[:, None]
+            allowed = keys <= own  # [T, S]
+            if padding is not None:
+                allowed = (allowed & padding.keys[:, None, None, :]) | (keys == own)  # [B, 1, T, S]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(b, t, d)
         return self.resid_dropout(self.proj(y))

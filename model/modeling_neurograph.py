@@ -12,7 +12,6 @@ wrappers only adapt caches and outputs to transformers' API:
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Any, Callable, Optional
 
 import torch
@@ -26,24 +25,12 @@ from .inl import INLModel  # noqa: F401  (importing a family registers its archi
 from .inn import INN  # noqa: F401
 from .lstm import LSTMLanguageModel  # noqa: F401
 from .mamba_stack import MambaStack  # noqa: F401
-from .recurrent import RecurrentGeneration
+from .recurrent import RecurrentGeneration, map_state
 from .registry import model_spec
 from .transformer import Transformer  # noqa: F401
 
 # The output field holding the cache: "cache" in transformers >= 5.x, "past_key_values" before.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-
-
-def _map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], state: Any) -> Any:
-    """Apply `fn` to every tensor of a state made of lists, tuples and dataclasses."""
-    if isinstance(state, torch.Tensor):
-        return fn(state)
-    if isinstance(state, (list, tuple)):
-        return type(state)(_map_tensors(fn, s) for s in state)
-    if dataclasses.is_dataclass(state):
-        return dataclasses.replace(state, **{f.name: _map_tensors(fn, getattr(state, f.name))
-                                             for f in dataclasses.fields(state)})
-    raise TypeError(f"cannot reorder a recurrent state part of type {type(state).__name__}")
 
 
 def _persist_buffers(model: torch.nn.Module) -> None:
@@ -76,7 +63,7 @@ class RecurrentStateCache(Cache):
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Beam search: keep, for every row, the state of the beam it continues."""
-        self.state = _map_tensors(lambda t: t.index_select(self.batch_dim, beam_idx.to(t.device)), self.state)
+        self.state = map_state(lambda t: t.index_select(self.batch_dim, beam_idx.to(t.device)), self.state)
 
     @property
     def is_compileable(self) -> bool:
@@ -123,12 +110,10 @@ class _NeuroGraphPreTrainedModel(PreTrainedModel):
         seen = cache.get_seq_length() if cache is not None else 0
         return {"input_ids": input_ids[:, seen:], "cache": cache, "attention_mask": attention_mask, "use_cache": use_cache}
 
-    @staticmethod
-    def _check_mask(attention_mask: Optional[torch.Tensor]) -> None:
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("NeuroGraph models take unpadded batches only (attention_mask must be all ones)")
-
     def _output(self, logits: torch.Tensor, labels: Optional[torch.Tensor], cache: Optional[Cache]):
+        trained = self.config.trained_vocab_size
+        if trained is not None and trained < logits.shape[-1]:  # ids appended at export are never predicted
+            logits = torch.cat([logits[..., :trained], torch.full_like(logits[..., trained:], -torch.inf)], dim=-1)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
@@ -141,14 +126,14 @@ class NeuroGraphForCausalLM(_NeuroGraphPreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.LongTensor, attention_mask: Optional[torch.Tensor] = None,
                 cache: Optional[Cache] = None, past_key_values: Optional[Cache] = None,
                 labels: Optional[torch.LongTensor] = None, use_cache: Optional[bool] = None, **kwargs: Any):
-        """input_ids [B, T] -> logits [B, T, V]; with a cache, the tokens continue after the cached ones."""
-        self._check_mask(attention_mask)
+        """input_ids [B, T] -> logits [B, T, V]; with a cache, the tokens continue after the cached ones.
+        attention_mask [B, cached + T] (0: padding, left or right) hides padded tokens."""
         cache = cache if cache is not None else past_key_values
         use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
         if use_cache and cache is None:
             cache = DynamicCache()
         layers = [_KVCacheLayer(cache, i) for i in range(len(self.model.blocks))] if cache is not None else None
-        return self._output(self.model(input_ids, layers), labels, cache)
+        return self._output(self.model(input_ids, layers, attention_mask), labels, cache)
 
 
 class NeuroGraphRecurrentForCausalLM(_NeuroGraphPreTrainedModel, GenerationMixin):
@@ -168,17 +153,20 @@ class NeuroGraphRecurrentForCausalLM(_NeuroGraphPreTrainedModel, GenerationMixin
     def forward(self, input_ids: torch.LongTensor, attention_mask: Optional[torch.Tensor] = None,
                 cache: Optional[Cache] = None, past_key_values: Optional[Cache] = None,
                 labels: Optional[torch.LongTensor] = None, use_cache: Optional[bool] = None, **kwargs: Any):
-        """input_ids [B, T] -> logits [B, T, V]. Without a state the sequence is prefilled; with one,
-        every token is one recurrent step."""
-        self._check_mask(attention_mask)
+        """input_ids [B, T] -> logits [B, T, V]. Without a state the sequence is prefilled (a padded
+        batch, attention_mask 0 at padding on the left or right, row by row without its padding:
+        `prefill_padded`); with one, every token is one recurrent step."""
         cache = cache if cache is not None else past_key_values
         use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
+        padded = attention_mask is not None and not bool(attention_mask[:, -input_ids.shape[1]:].all())
         if cache is None and not use_cache:
-            return self._output(self.model(input_ids), labels, None)
+            logits = self.model.prefill_padded(input_ids, attention_mask)[0] if padded else self.model(input_ids)
+            return self._output(logits, labels, None)
         if cache is None:
             cache = RecurrentStateCache(self.model.state_batch_dim)
         if cache.state is None:
-            logits, cache.state = self.model.prefill(input_ids)
+            logits, cache.state = (self.model.prefill_padded(input_ids, attention_mask) if padded
+                                   else self.model.prefill(input_ids))
         else:
             steps = []
             for t in range(input_ids.shape[1]):

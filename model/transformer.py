@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from .generation import generate
-from .layers import (MLP, CausalSelfAttention, Dropout, KVCache, RotaryEmbedding, TokenPositions,
+from .layers import (MLP, CausalSelfAttention, Dropout, KVCache, Padding, RotaryEmbedding, TokenPositions,
                      check_shapes, init_gpt_weights)
 from .registry import ModelConfig, option, register_model
 
@@ -41,8 +41,9 @@ class TransformerBlock(nn.Module):
         self.ln_mlp = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.bias)
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_attn(x), cache)
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None,
+                padding: Optional[Padding] = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), cache, padding)
         return x + self.mlp(self.ln_mlp(x))
 
 
@@ -58,13 +59,16 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.apply(init_gpt_weights)
 
-    def forward(self, input_ids: torch.Tensor, caches: Optional[list[KVCache]] = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, caches: Optional[list[KVCache]] = None,
+                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """input_ids [B, T] -> logits [B, T, V]. With `caches` (one per layer), positions continue
-        after the cached tokens and the caches are extended."""
+        after the cached tokens and the caches are extended. `attention_mask` [B, cached + T]
+        (0: padding, left or right) hides padded keys and positions each row as if unpadded."""
         offset = caches[0].length if caches else 0
-        x = self.drop(self.positions(self.embed(input_ids), offset))  # [B, T, D]
+        padding = Padding.from_mask(attention_mask, offset, input_ids.shape[1])
+        x = self.drop(self.positions(self.embed(input_ids), offset, padding))  # [B, T, D]
         for i, block in enumerate(self.blocks):
-            x = block(x, caches[i] if caches else None)
+            x = block(x, caches[i] if caches else None, padding)
         return self.ln_f(x) @ self.embed.weight.T  # tied head
 
     @property

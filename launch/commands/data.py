@@ -39,7 +39,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated tokens reserved as single ids that never split, e.g. "
                         "'<USER>,<ASSISTANT>,<SYSTEM>,<ERROR>'")
     p.add_argument("--eos-token", default="auto",
-                   help="token ending every document; auto: <|endoftext|> for subword tokenizers, none for char; "
+                   help="token ending every document; auto: <|endoftext|> (none with --normalize text8); "
                         "'none' to join documents by a blank line instead")
     p.add_argument("--normalize", choices=("none", "text8"), default="none",
                    help="text8: lower-case a-z and single spaces only")

@@ -166,17 +166,17 @@ def export_hf(run_dir: str | Path, out: str | Path, checkpoint: str = "latest", 
 
     manifest = load_manifest(cfg.data.path)
     template = cfg.export.chat_template if chat_template is None else chat_template
-    tokenizer = hf_tokenizer(cfg.data.path, manifest, template)
-    special_ids = {role: manifest["tokenizer"].get(f"{role}_id") for role in ("bos", "eos", "pad")}
-    save_hf_model(model, dataclasses.asdict(cfg.model), out, dtype, special_ids, max_shard_size)
+    tokenizer, roles = hf_tokenizer(cfg.data.path, manifest, template)
+    save_hf_model(model, dataclasses.asdict(cfg.model), out, dtype, roles, max_shard_size, vocab_size=len(tokenizer))
     tokenizer.save_pretrained(out)
     return out
 
 
-def save_hf_model(model, section: dict, out: Path, dtype: str = "fp32", special_ids: Optional[dict] = None,
-                  max_shard_size: str = "5GB") -> None:
+def save_hf_model(model, section: dict, out: Path, dtype: str = "fp32", roles: Optional[dict] = None,
+                  max_shard_size: str = "5GB", vocab_size: Optional[int] = None) -> None:
     """Write a family model (its `model` config section given) as config, weights, generation
-    config and model code into `out`."""
+    config and model code into `out`. `roles`: the tokenizer's {"bos": id, ...}; `vocab_size`: the
+    tokenizer's, when it appended ids the model was not trained with (their rows are added, zero)."""
     import torch
     from transformers import GenerationConfig
 
@@ -187,18 +187,30 @@ def save_hf_model(model, section: dict, out: Path, dtype: str = "fp32", special_
     section = dict(section)
     if section.get("scan_impl") == "cpp":  # the C++ scan is not shipped; "auto" picks what is there
         section["scan_impl"] = "auto"
+    trained = section["vocab_size"]
+    grown = vocab_size is not None and vocab_size > trained
+    section["vocab_size"] = vocab_size if grown else trained
     wrapper = NeuroGraphRecurrentForCausalLM if isinstance(model, RecurrentGeneration) else NeuroGraphForCausalLM
-    ids = {f"{role}_token_id": i for role, i in (special_ids or {}).items() if i is not None}
+    ids = {f"{role}_token_id": i for role, i in (roles or {}).items() if role != "unk"}
     config = NeuroGraphConfig(model_section=section, max_position_embeddings=getattr(model, "context_length", None),
-                              architectures=[wrapper.__name__], **ids)
+                              architectures=[wrapper.__name__], trained_vocab_size=trained if grown else None, **ids)
     config.auto_map = {"AutoConfig": "configuration_neurograph.NeuroGraphConfig",
                        "AutoModelForCausalLM": f"modeling_neurograph.{wrapper.__name__}"}
     hf_model = wrapper(config)
-    hf_model.model.load_state_dict({**hf_model.model.state_dict(), **model.state_dict()})
+    state = hf_model.model.state_dict()
+    hf_model.model.load_state_dict({**state, **{k: _grow_rows(v, state[k].shape) for k, v in model.state_dict().items()}})
     hf_model.to(torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
     hf_model.save_pretrained(out, max_shard_size=max_shard_size)
     GenerationConfig(**ids).save_pretrained(out)
     write_model_sources(out)
+
+
+def _grow_rows(tensor, shape):
+    """`tensor` zero-padded to `shape` (the dimensions that count the vocabulary grow)."""
+    import torch.nn.functional as F
+
+    pad = [n for dim in reversed(range(tensor.dim())) for n in (0, shape[dim] - tensor.shape[dim])]
+    return F.pad(tensor, pad) if any(pad) else tensor
 
 
 def log_to_mlflow(run_dir: Path, out: Path, register: Optional[str]) -> str:

@@ -7,9 +7,15 @@
   SentencePiece's word splitting, byte fallback;
 - any other kind whose file is a `tokenizers` JSON (byte-level BPE, a local tokenizer.json): that file.
 
-Special tokens come from manifest["tokenizer"]: `special_tokens` (token -> id) and
-`bos_id` / `eos_id` / `pad_id` when present. Every kind is a transformers class, so
-`AutoTokenizer.from_pretrained(DIR)` needs no trust_remote_code (no tokenizer code is shipped).
+Special tokens come from manifest["tokenizer"]: `special_tokens` (token -> id) and the role ids
+`bos_id` / `eos_id` / `pad_id` / `unk_id`. Every export defines BOS, EOS and PAD, as clients
+(lm-evaluation-harness, `generate`, pipelines) need them: BOS and PAD are the EOS token unless the
+manifest names their own, as GPT-2 does. UNK is the manifest's (char), SentencePiece's own piece, or
+none for byte-level vocabularies, which need none. Data without an EOS (prepared before every kind
+reserved one, or normalize=text8) or a char vocabulary without UNK get `<|endoftext|>` / `<unk>`
+appended after their vocabulary: the export grows the model's embedding rows with zeros for them
+and their logits are -inf (`NeuroGraphConfig.trained_vocab_size`). Every kind is a transformers class, so loading it
+needs no tokenizer code (`AutoTokenizer.from_pretrained(DIR, trust_remote_code=False)`).
 """
 from __future__ import annotations
 
@@ -20,14 +26,19 @@ from typing import Optional
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from neurograph.data_pipeline.tokenizers import DEFAULT_EOS, DEFAULT_UNK
+
 SPACE = "\u2581"  # SentencePiece's whitespace symbol
 
 
-def char_tokenizer(chars: list[str], specials: list[str] = ()) -> Tokenizer:
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate([*specials, *chars])}, unk_token="<unk>"))
+def char_tokenizer(specials: list[str], chars: list[str], appended: list[str], unk: Optional[str]) -> Tokenizer:
+    """One token per character, ids in order: `specials`, `chars`, `appended` (special tokens the
+    export adds); characters outside `chars` become `unk` (a special or appended token)."""
+    vocab = {t: i for i, t in enumerate([*specials, *chars, *appended])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=unk) if unk else models.WordLevel(vocab))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character
     tok.decoder = decoders.Fuse()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in [*specials, *appended]])
     return tok
 
 
@@ -39,9 +50,9 @@ def _bpe_merges(vocab: dict[str, int]) -> list[tuple[str, str]]:
     return [(left, right) for *_, left, right in sorted(merges)]
 
 
-def sentencepiece_tokenizer(model_proto: bytes) -> Tokenizer:
+def sentencepiece_tokenizer(model_proto: bytes) -> tuple[Tokenizer, str]:
     """A lossless SentencePiece model (identity normalisation, no dummy prefix, whitespace-only
-    pieces allowed, byte fallback) as a `tokenizers` Tokenizer."""
+    pieces allowed, byte fallback) as a `tokenizers` Tokenizer, and its UNK piece."""
     from sentencepiece import sentencepiece_model_pb2
 
     proto = sentencepiece_model_pb2.ModelProto()
@@ -63,28 +74,52 @@ def sentencepiece_tokenizer(model_proto: bytes) -> Tokenizer:
     tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
     control = [p.piece for p in proto.pieces if p.type == p.CONTROL]
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
-    return tok
+    return tok, pieces[unk_id][0]
 
 
-def _backend_tokenizer(data_dir: Path, info: dict) -> Tokenizer:
+def _backend_tokenizer(data_dir: Path, info: dict) -> tuple[Tokenizer, dict[str, int]]:
+    """The data directory's tokenizer as a `tokenizers` Tokenizer with the special tokens every export
+    has (EOS; UNK for char), appended after its vocabulary when the data lack them (data prepared
+    before every kind reserved them, or under normalize=text8), and its role ids: bos, eos, pad
+    (falling back to EOS, as GPT-2's), unk (the manifest's or the backend's own; absent for
+    byte-level vocabularies, which need none)."""
     path = data_dir / info["file"]
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file {path} is missing")
+    appended = [] if info.get("eos_id") is not None else [DEFAULT_EOS]
     if info["kind"] == "char":
         data = json.loads(path.read_text())
-        return char_tokenizer(data["vocab"], data.get("specials", []))
-    if info["kind"] == "sentencepiece":
-        return sentencepiece_tokenizer(path.read_bytes())
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as err:  # not a tokenizers JSON file
-        raise ValueError(f"tokenizer kind {info['kind']!r} ({path}) is not a Hugging Face tokenizers file: {err}") from None
+        specials = data.get("specials", [])
+        if info.get("unk_id") is None:
+            appended.append(DEFAULT_UNK)
+        unk = DEFAULT_UNK if info.get("unk_id") is None else specials[info["unk_id"]]
+        tok = char_tokenizer(specials, data["vocab"], appended, unk)
+    elif info["kind"] == "sentencepiece":
+        tok, unk = sentencepiece_tokenizer(path.read_bytes())
+    else:
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as err:  # not a tokenizers JSON file
+            raise ValueError(f"tokenizer kind {info['kind']!r} ({path}) is not a Hugging Face tokenizers file: "
+                             f"{err}") from None
+        unk = getattr(tok.model, "unk_token", None)
+    if info["kind"] != "char":
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in appended])
+    ids = {role: info.get(f"{role}_id") for role in ("bos", "eos", "pad", "unk")}
+    ids["eos"] = tok.token_to_id(DEFAULT_EOS) if ids["eos"] is None else ids["eos"]
+    ids["bos"] = ids["eos"] if ids["bos"] is None else ids["bos"]
+    ids["pad"] = ids["eos"] if ids["pad"] is None else ids["pad"]
+    ids["unk"] = tok.token_to_id(unk) if unk is not None else None
+    return tok, {role: i for role, i in ids.items() if i is not None}
 
 
-def hf_tokenizer(data_dir: str | Path, manifest: dict, chat_template: Optional[str] = None) -> PreTrainedTokenizerFast:
-    """The data directory's tokenizer as a PreTrainedTokenizerFast with its special tokens."""
+def hf_tokenizer(data_dir: str | Path, manifest: dict,
+                 chat_template: Optional[str] = None) -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
+    """The data directory's tokenizer as a PreTrainedTokenizerFast with its special tokens, and
+    its role ids ({"bos": id, "eos": id, "pad": id[, "unk": id]}). Its ids at or above
+    manifest["tokenizer"]["vocab_size"] were appended here."""
     info = manifest["tokenizer"]
-    tok = _backend_tokenizer(Path(data_dir), info)
+    tok, ids = _backend_tokenizer(Path(data_dir), info)
     special = dict(info.get("special_tokens") or {})
     for token, token_id in special.items():
         if tok.token_to_id(token) is None:
@@ -92,11 +127,7 @@ def hf_tokenizer(data_dir: str | Path, manifest: dict, chat_template: Optional[s
         if tok.token_to_id(token) != token_id:
             raise ValueError(f"special token {token!r} has id {token_id} in the manifest but "
                              f"{tok.token_to_id(token)} in the tokenizer")
-    roles = {}
-    for role in ("bos", "eos", "pad"):
-        token_id = info.get(f"{role}_id")
-        if token_id is not None:
-            roles[f"{role}_token"] = tok.id_to_token(token_id)
+    roles = {f"{role}_token": tok.id_to_token(i) for role, i in ids.items()}
     others = [t for t in special if t not in roles.values()]
     return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, chat_template=chat_template,
-                                   additional_special_tokens=others or None, **roles)
+                                   additional_special_tokens=others or None, **roles), ids

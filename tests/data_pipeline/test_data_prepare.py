@@ -25,7 +25,7 @@ def _samples(data_dir, split):
 def test_compact_shards_and_seeded_validation_blocks(small_data, shakespeare):
     m = load_manifest(small_data)
     assert m["format_version"] == 2 and m["dtype"] == "uint16" and m["seq_len"] == 16
-    assert m["tokenizer"]["kind"] == "char" and m["tokenizer"]["vocab_size"] == len(set(shakespeare[:12_000]))
+    assert m["tokenizer"]["kind"] == "char" and m["tokenizer"]["vocab_size"] == len(set(shakespeare[:12_000])) + 2  # EOS, UNK
     train, val = _samples(small_data, "train"), _samples(small_data, "val")
     n = len(train) + len(val)
     # the validation split is the documented seeded systematic sample of blocks, spread over the corpus
@@ -37,7 +37,7 @@ def test_compact_shards_and_seeded_validation_blocks(small_data, shakespeare):
     for flag in is_val:
         stream.append(next(v) if flag else next(t))
     text = load_tokenizer(small_data).decode(np.concatenate([stream[0]] + [s[1:] for s in stream[1:]]).tolist())
-    source = shakespeare[:12_000] + "\n\n"  # without EOS a blank line ends each document
+    source = shakespeare[:12_000] + "<|endoftext|>"  # the document ends with EOS
     assert source.startswith(text) and len(source) - len(text) < 16  # every token once, in order; tail dropped
     for shard in m["splits"]["train"]["shards"][:-1]:
         assert shard["samples"] == 8

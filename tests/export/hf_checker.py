@@ -4,7 +4,7 @@ imported here: the repository leaves sys.path, the editable install's finder lea
 and an import hook records any attempt to import them.
 
     python hf_checker.py SPEC.json OUT_DIR
-SPEC: a list of cases {name, dir, dtype, held_ids, prompt_ids, prompt, paragraph[, chat, eos_id]}. Every
+SPEC: a list of cases {name, dir, dtype, held_ids, prompt_ids, prompt, paragraph, oov_text[, chat, eos_id]}. Every
 tokenizer is loaded first, without trust_remote_code. Writes OUT_DIR/logits.safetensors (each case's
 logits on held_ids) and OUT_DIR/report.json."""
 import importlib.abc
@@ -70,6 +70,22 @@ def reorder_error(model, ids: list[int]) -> float:
     return (step - whole).abs().max().item()
 
 
+@torch.no_grad()
+def padded_generation(model, tok, ids: list[int], cache: bool) -> tuple[list, list, float]:
+    """4 prompts of different lengths, in one left-padded batch and each alone: (greedy continuations
+    of the batch, those of each prompt, max |difference| of the next-token logits)."""
+    prompts = [ids[:n] for n in (5, 11, 8, 16)]
+    tok.padding_side = "left"
+    batch = tok.pad({"input_ids": prompts}, return_tensors="pt")
+    together = model.generate(**batch, max_new_tokens=10, do_sample=False, use_cache=cache)
+    alone = [model.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False, use_cache=cache)[0, len(p):]
+             for p in prompts]
+    next_logits = model(**batch, use_cache=cache).logits[:, -1]
+    own = torch.stack([model(torch.tensor([p]), use_cache=cache).logits[0, -1] for p in prompts])
+    return (together[:, batch["input_ids"].shape[1]:].tolist(), [a.tolist() for a in alone],
+            (next_logits - own).abs().max().item())
+
+
 def check(case: dict, tok) -> tuple[dict, torch.Tensor]:
     dtype = torch.bfloat16 if case["dtype"] == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(case["dir"], trust_remote_code=True, dtype=dtype, use_safetensors=True)
@@ -91,6 +107,11 @@ def check(case: dict, tok) -> tuple[dict, torch.Tensor]:
     report["eos_token"] = stop
     generator = pipeline("text-generation", model=model, tokenizer=tok)
     report["pipeline_text"] = generator(case["prompt"], max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    report["padded_cached"] = padded_generation(model, tok, case["held_ids"], cache=True)
+    report["padded_uncached"] = padded_generation(model, tok, case["held_ids"], cache=False)
+    report["roles"] = {role: getattr(tok, f"{role}_token_id") for role in ("bos", "eos", "pad", "unk")}
+    report["generation_eos"] = model.generation_config.eos_token_id
+    report["oov_ids"] = tok.encode(case["oov_text"], add_special_tokens=False)
     report["paragraph_ids"] = tok.encode(case["paragraph"], add_special_tokens=False)
     report["paragraph_decoded"] = tok.decode(report["paragraph_ids"])
     if "chat" in case:

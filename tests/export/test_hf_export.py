@@ -5,6 +5,7 @@ The INL trains on data with the model card's role tokens and exports its config'
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from neurograph.data_pipeline import load_manifest
+from neurograph.data_pipeline import load_manifest, load_tokenizer
 from neurograph.launch import cli
 from tests.conftest import corpus_text
 
@@ -35,6 +36,8 @@ HELD_BACK = corpus_text(chars=260_000)[250_000:]  # after the 200k characters ch
 MLFLOW_RUN = "lstm"  # the only run that tracks to MLflow (its store: sqlite in the run directory)
 PROMPT = "ROMEO:\nWhat"
 CHECKER = Path(__file__).with_name("hf_checker.py")
+LM_EVAL_CHECKER = Path(__file__).with_name("lm_eval_checker.py")
+OOV_TEXT = "Café naïve — 3×4 ☃ 東京."  # characters the training text lacks
 REPO = Path(__file__).resolve().parents[2]
 INL_TEMPLATE = yaml.safe_load((REPO / "configs" / "inl_tiny.yaml").read_text())["export"]["chat_template"]
 CHAT = [{"role": "user", "content": "Who art thou?"}, {"role": "assistant", "content": "A tiny model."},
@@ -131,7 +134,7 @@ def checked(exported, reference, chat_data, tmp_path_factory) -> tuple[dict, dic
     cases = [{"name": name, "dir": str(path), "dtype": "bf16" if name.endswith("bf16") else "fp32",
               "held_ids": reference[name.removesuffix("_bf16")]["held_ids"],
               "prompt_ids": reference[name.removesuffix("_bf16")]["prompt_ids"], "prompt": PROMPT,
-              "paragraph": HELD_BACK[100:1600] + "  two  spaces,  end\n\n"}
+              "paragraph": HELD_BACK[100:1600] + "  two  spaces,  end\n\n", "oov_text": OOV_TEXT}
              for name, path in exported.items()]
     inl = next(c for c in cases if c["name"] == "inl")
     inl.update(chat=CHAT, eos_id=load_manifest(chat_data)["tokenizer"]["eos_id"])
@@ -202,6 +205,77 @@ def test_inl_chat_template_and_eos(checked, reference, chat_data):
     assert [i for i in report["chat_ids"] if i in (user, assistant)] == [user, assistant, user, assistant]
     start = len(reference["inl"]["prompt_ids"])
     assert report["eos_forced_ids"] == report["greedy_ids"][: start + 5] + [manifest["eos_id"]]
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_left_padded_batch_generates_what_each_prompt_alone_does(name, checked):
+    """Greedy `generate` of 4 prompts of different lengths in one left-padded batch (the tokenizer
+    pads, the mask goes in), with and without the cache: each row is its prompt's own generation
+    (a row that stopped at EOS is padded after it)."""
+    report = checked[0][name]
+    for key in ("padded_cached", "padded_uncached"):
+        together, alone, logits_diff = report[key]
+        assert logits_diff < 1e-5, key  # the next-token logits too (tiny models often repeat one token)
+        for row, own in zip(together, alone):
+            assert row[: len(own)] == own and set(row[len(own):]) <= {report["roles"]["pad"]}, key
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_roles_and_text_outside_the_vocabulary(name, checked, runs):
+    """Every export has BOS, EOS and PAD (the data's EOS, as GPT-2), the generation config stops at
+    EOS; characters the data never had become UNK (char) or bytes (SentencePiece)."""
+    report = checked[0][name]
+    data = yaml.safe_load((runs[name] / "config.yaml").read_text())["data"]["path"]
+    info = load_manifest(data)["tokenizer"]
+    roles = report["roles"]
+    assert roles["bos"] == roles["eos"] == roles["pad"] == report["generation_eos"] == info["eos_id"] is not None
+    ids = report["oov_ids"]
+    if info["kind"] == "char":
+        assert roles["unk"] == info["unk_id"] is not None
+        assert ids == load_tokenizer(data).encode(OOV_TEXT) and ids.count(roles["unk"]) >= 5
+    else:  # byte fallback: the project's tokenizer decodes the exported ids to the text
+        assert load_tokenizer(data).decode(ids) == OOV_TEXT
+
+
+@pytest.fixture(scope="module")
+def lm_eval_report(exported, tmp_path_factory) -> dict:
+    """lm-evaluation-harness on every family's export, at batch sizes 1 and 4 (lm_eval_checker.py)."""
+    root = tmp_path_factory.mktemp("lm_eval")
+    lines = [line for line in HELD_BACK[1600:].splitlines() if len(line) > 20]
+    spec = {"dirs": {name: str(exported[name]) for name in ARCHS}, "batch_sizes": [1, 4],
+            "rolling": [HELD_BACK[1600:1900], HELD_BACK[1900:1960] + " " + OOV_TEXT, HELD_BACK[2000:2500]],
+            "choice": [{"context": lines[i], "choices": [lines[i + 1], lines[i + 4], lines[i + 7]], "label": 0}
+                       for i in range(4)],
+            "generate": [{"prompt": lines[i] + "\n", "target": lines[i + 1]} for i in range(4)]}
+    (root / "spec.json").write_text(json.dumps(spec))
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(root / "datasets")}
+    proc = subprocess.run([sys.executable, str(LM_EVAL_CHECKER), str(root / "spec.json"), str(root)],
+                          capture_output=True, text=True, timeout=900, cwd=root, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads((root / "report.json").read_text())
+
+
+def _numbers(resps) -> list[float]:
+    if isinstance(resps, (list, tuple)):
+        return [x for r in resps for x in _numbers(r)]
+    return [float(resps)] if isinstance(resps, (int, float)) else []
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_lm_evaluation_harness_runs_every_task(name, lm_eval_report):
+    """lm-eval's `hf` backend with no client-side options: rolling log-likelihood, multiple choice
+    and generate_until give the same results at batch sizes 1 and 4 (the batch of 4 pads), and the
+    multiple-choice log-likelihoods and the generations are the model's own."""
+    one, four = lm_eval_report[name]["batch_1"], lm_eval_report[name]["batch_4"]
+    assert set(one) == {"ng_rolling", "ng_choice", "ng_generate"}
+    for task in ("ng_rolling", "ng_choice"):
+        assert all(math.isfinite(x) and x < 0 for x in _numbers(one[task]) if x not in (0.0, 1.0))
+        assert _numbers(four[task]) == pytest.approx(_numbers(one[task]), abs=1e-4), task
+    direct = lm_eval_report[name]["direct"]
+    assert four["ng_generate"] == one["ng_generate"] == [[[text]] for text in direct["generate"]]
+    choice = [[pair[0] for [pair] in doc] for doc in one["ng_choice"]]
+    assert choice == [pytest.approx(row, abs=1e-4) for row in direct["choice"]]
 
 
 def test_zero3_export_equals_zero2(checked):
