@@ -56,7 +56,7 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
-bench: install  # the CPU goal tables of BENCHMARKS.md (the ablations, ~25 min: bench/inn_ablations.py)
+bench: install  # the CPU goal tables of BENCHMARKS.md (the INN paper's comparison: docs/results/inn_paper)
 	OMP_NUM_THREADS=2 $(PY) bench/inn.py
 	OMP_NUM_THREADS=1 $(PY) bench/inl.py
 	OMP_NUM_THREADS=2 $(PY) bench/data.py
