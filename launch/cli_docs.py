@@ -17,6 +17,9 @@ EXAMPLES = {
   neurograph generate --run runs/demo/run --checkpoint 400 --prompt "JULIET:" --greedy""",
     "convergence": """\
   neurograph convergence --run runs/inl --prompt "To be, or not to be" --out conv.png""",
+    "inspect": """\
+  neurograph inspect --run runs/inn_text8/run --out inspection/inn
+  neurograph inspect --run runs/inl --checkpoint 400 --sequences 32 --out inspection/inl""",
     "demo": """\
   neurograph demo
   neurograph demo --run-root /tmp/demo trainer.max_steps=50""",
