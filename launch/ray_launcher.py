@@ -15,16 +15,19 @@ all nodes see (NFS or the like; on one machine any path). Each published checkpo
 `launcher.ray.storage_path` (a path or a URI such as s3://bucket/prefix; default
 `<run_dir>/ray`).
 
-Source of truth. Within one Ray job, Ray Train's latest reported checkpoint
-(`ray.train.get_checkpoint()`) is what restarted workers resume from (FailureConfig
-max_failures): model, optimizer, scheduler, data position, RNG and MLflow run id. Across jobs
-(a stopped job submitted again) the run directory is: `--resume` continues its `latest`, and
-`--resume-from mlflow:RUN_ID` first downloads the run's newest checkpoint into it. Each launch
-has its own Ray run name (`<run_dir name>-<time>`), so a new job never picks up an older job's
-Ray checkpoint behind the user's back.
+Source of truth: the run directory. When a worker dies, Ray Train restarts the worker group
+(FailureConfig max_failures) and the workers resume from the newest checkpoint this launch
+published there that verifies (`_start_from`): model, optimizer, scheduler, data position, RNG
+and MLflow run id. Not from Ray Train's latest reported checkpoint (`ray.train.get_checkpoint()`),
+which lags the newest on disk by a report or two (the controller polls the workers). Each launch
+has its own name (`<run_dir name>-<time>`, the `launch_id` in every checkpoint's manifest), so a
+restart never takes a checkpoint an earlier job left behind (after `--resume STEP` there may be
+newer ones). Across jobs (a stopped job submitted again) `--resume` continues the run directory's
+`latest`, and `--resume-from mlflow:RUN_ID` first downloads the run's newest checkpoint into it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -140,14 +143,27 @@ def _train_loop_per_worker(config: dict) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(path)) if rank == 0 else None
         ray.train.report({**record, "step": step}, checkpoint=checkpoint, checkpoint_dir_name=path.name)
 
-    restored = ray.train.get_checkpoint()
+    resume = _start_from(run_dir / "checkpoints", config["launch_id"], config["resume"])
     try:
-        if restored is None:
-            train(cfg, resume=config["resume"], on_checkpoint=report, launch_id=config["launch_id"])
-            return
-        with restored.as_directory() as directory:  # local storage: the directory itself, else a download
-            if rank == 0:
-                logging.getLogger("neurograph.launch").info("Ray Train restart: resuming from %s", directory)
-            train(cfg, resume=str(Path(directory).resolve()), on_checkpoint=report, launch_id=config["launch_id"])
+        train(cfg, resume=resume, on_checkpoint=report, launch_id=config["launch_id"])
     except Stopped:  # a graceful stop (checkpointed): a normal end for Ray Train, nothing to restart
         return
+
+
+def _start_from(checkpoints_root: Path, launch_id: str, resume: Optional[str]) -> Optional[str]:
+    """Collective. Where this worker group starts: after a restart, the newest checkpoint launch
+    `launch_id` published that verifies (those that do not are named and skipped); at the first
+    start (or a restart before the launch's first checkpoint), `resume`, what the launch was asked."""
+    import torch.distributed as dist
+
+    from neurograph.trainer.checkpoint import LATEST, CheckpointManager
+    from neurograph.trainer.trainer import setup_distributed
+
+    rank, _ = setup_distributed()
+    choice = [resume]
+    if rank == 0:  # one rank verifies (hashes every file), all start from its choice
+        with contextlib.suppress(FileNotFoundError):  # none of this launch's verifies, or none yet
+            choice[0] = CheckpointManager(checkpoints_root).resolve_verified(LATEST, launch_id=launch_id)
+            log.info("Ray Train restart: resuming from %s", checkpoints_root / choice[0])
+    dist.broadcast_object_list(choice, src=0)
+    return choice[0]

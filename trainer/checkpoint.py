@@ -4,7 +4,7 @@ published atomically.
 Layout under `<run_dir>/checkpoints/`:
     step_00000100/      one published checkpoint: DeepSpeed shards, per-rank RNG states,
                         model.safetensors (full weights) and manifest.json (sha256 of every
-                        file, step, world size, resolved config)
+                        file, step, world size, resolved config, the launch that wrote it)
     latest              the tag of the newest published checkpoint (rebuilt if missing)
     pinned              tags retention never deletes (the last one before a non-finite step)
     universal/step_.../ a checkpoint converted for another world size or ZeRO stage (`reshard.py`),
@@ -207,10 +207,10 @@ class CheckpointManager:
             raise FileNotFoundError(f"checkpoint {tag} not found under {self.root}; have: {self.published()}")
         return tag
 
-    def resolve_verified(self, which: str, before: Optional[int] = None) -> str:
+    def resolve_verified(self, which: str, before: Optional[int] = None, launch_id: Optional[str] = None) -> str:
         """Like `resolve`, but the checkpoint must pass `check_checkpoint`. `latest` falls back
-        to the newest one that does (only those before step `before`, if given), logging each
-        one skipped and why; an explicit tag that fails raises."""
+        to the newest one that does (if given, only those before step `before`, only those written
+        by launch `launch_id`), logging each one skipped and why; an explicit tag that fails raises."""
         if which != LATEST:
             tag = self.resolve(which)
             problem = check_checkpoint(self.root / tag)
@@ -218,7 +218,8 @@ class CheckpointManager:
                 raise ValueError(f"checkpoint {self.root / tag} is not usable: {problem}")
             return tag
         self.latest_tag()  # rebuild a missing pointer
-        candidates = [t for t in reversed(self.published()) if before is None or step_of(t) < before]
+        candidates = [t for t in reversed(self.published()) if (before is None or step_of(t) < before)
+                      and (launch_id is None or self.launch_of(t) == launch_id)]
         for tag in candidates:
             problem = check_checkpoint(self.root / tag)
             if problem is None:
@@ -226,6 +227,13 @@ class CheckpointManager:
             log.warning("skipping checkpoint %s: %s", self.root / tag, problem)
         skipped = " (all skipped above)" if candidates else ""
         raise FileNotFoundError(f"no usable checkpoint under {self.root}{skipped}")
+
+    def launch_of(self, tag: str) -> Optional[str]:
+        """The launch that wrote checkpoint `tag` (`launch_id` in its manifest); None if unknown."""
+        try:
+            return read_manifest(self.root / tag).get("launch_id")
+        except (OSError, ValueError, AttributeError):  # no manifest, or not a JSON object
+            return None
 
     # ---- save / load -----------------------------------------------------------------
     def save(self, engine, step: int, client_state: dict) -> Path:

@@ -83,12 +83,13 @@ class Trainer:
     """One rank's training run of a validated `NeuroGraphConfig`.
 
     `resume`: None for a new run, else `latest`, a step number or a checkpoint tag of
-    `trainer.run_dir`, or the absolute path of a checkpoint directory elsewhere (e.g. one a
-    cluster manager restored).
+    `trainer.run_dir`, or the absolute path of a checkpoint directory elsewhere (e.g. the universal
+    copy `--reshard` converted).
     `on_checkpoint(step, path, record)`: called on every rank after a checkpoint is published
     (a launcher hands it to its cluster manager).
-    `launch_id`: names one launch whose workers may be restarted before the first checkpoint;
-    the restarted rank 0 continues the MLflow run tagged with it."""
+    `launch_id`: names one launch whose workers may be restarted; the restarted rank 0 continues
+    the MLflow run tagged with it, and every checkpoint's manifest records it (the restarted
+    workers resume from their launch's newest checkpoint)."""
 
     def __init__(self, cfg, resume: Optional[str] = None,
                  on_checkpoint: Optional[Callable[[int, Path, dict], None]] = None, launch_id: Optional[str] = None):
@@ -97,7 +98,7 @@ class Trainer:
         self.device = rank_device()  # batches go there; DeepSpeed puts the model there
         self.run_dir = Path(self.t.run_dir)
         self.stop = GracefulStop(self.run_dir, self.t.preemption_grace_s).install()
-        self._build(resume)
+        self._build(resume, launch_id)
         self.step, run_id = 0, None
         if resume is not None:
             run_id = self._resume(resume)
@@ -113,7 +114,7 @@ class Trainer:
         self.skip: Optional[tuple[int, dict]] = None  # after a rollback: (step, data position past its batches)
 
     # ---- set-up ------------------------------------------------------------------------------------
-    def _build(self, resume: Optional[str]) -> None:
+    def _build(self, resume: Optional[str], launch_id: Optional[str]) -> None:
         cfg, t = self.cfg, self.t
         seed_everything(t.seed)  # identical initial weights on every rank
         self.model = build_model(cfg.model)
@@ -129,7 +130,7 @@ class Trainer:
                                                            max_batches=t.eval_batches or None, **common)
         self.char_level = self.loader.manifest["tokenizer"]["kind"] == "char"
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep=t.keep_checkpoints,
-                                             meta={"config": cfg.model_dump(mode="json")})
+                                             meta={"config": cfg.model_dump(mode="json"), "launch_id": launch_id})
         self.guard = NonFiniteGuard(t.on_nonfinite, self.checkpoints, self.engine)
 
     def _resume(self, resume: str) -> Optional[str]:

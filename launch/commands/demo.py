@@ -1,4 +1,5 @@
-"""`neurograph demo`: prepare the bundled Shakespeare, train configs/demo.yaml on 2 processes, sample."""
+"""`neurograph demo`: prepare the bundled Shakespeare, train configs/demo.yaml on 2 processes, sample. A run
+root that already holds checkpoints is continued from the newest one that verifies."""
 from __future__ import annotations
 
 import argparse
@@ -21,18 +22,21 @@ def cmd_demo(args) -> int:
     run_dir = root / "run"
     overrides = [f"data.path={data_dir}", f"trainer.run_dir={run_dir}", *args.overrides]
     cfg = resolved(load_config(SHIPPED_CONFIGS / "demo.yaml", overrides))
-    from neurograph.trainer.checkpoint import CheckpointManager
+    from neurograph.trainer.checkpoint import LATEST, CheckpointManager
 
-    resume = "latest" if CheckpointManager(run_dir / "checkpoints").published() else None
-    if resume:
-        print(f"{run_dir} already has checkpoints: continuing it (delete it for a fresh run)")
+    from ..resume import checked_resume
+
+    checkpoints = CheckpointManager(run_dir / "checkpoints")
+    resume = None
+    if checkpoints.published():  # verified as `train --resume` does: the newest checkpoint that verifies
+        resume = checked_resume(cfg, checkpoints, LATEST, allow_config_change=False)
+        print(f"{run_dir} already has checkpoints: continuing it from {resume} (delete it for a fresh run)")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     from ..local import launch_local
 
     code = launch_local(cfg, run_dir / "config.yaml", resume)
     if code == 0:
-        ckpt = CheckpointManager(run_dir / "checkpoints")
         run_id = (run_dir / "mlflow_run_id").read_text().strip()
         db = run_dir / "mlflow.db"
         import torch
@@ -44,7 +48,7 @@ def cmd_demo(args) -> int:
                                 generator=torch.Generator().manual_seed(0))
         print("\nsample:\n" + tokenizer.decode(sample[0].tolist()))
         print("\ndemo finished")
-        print(f"  checkpoint : {ckpt.root / ckpt.latest_tag()}")
+        print(f"  checkpoint : {checkpoints.root / checkpoints.latest_tag()}")
         print(f"  metrics    : {run_dir / 'metrics.jsonl'}")
         print(f"  MLflow run : {run_id} in sqlite:///{db}")
         print(f"  MLflow UI  : .venv/bin/mlflow ui --backend-store-uri sqlite:///{db} --port 5000   "

@@ -145,8 +145,9 @@ def test_ray_jobs_resume_and_recover_a_killed_worker_like_the_local_launcher(ray
                                                                             local_losses):
     """Job 1 stops after 8 steps (as a job that hit its time slot or was stopped); job 2 is
     submitted with --resume and continues the run directory; once it has published step 20 a
-    worker is SIGKILLed and Ray Train restarts the workers from the job's latest reported
-    checkpoint. The 24 steps equal the local launcher's, in one MLflow run."""
+    worker is SIGKILLed and step 20 damaged on disk: Ray Train restarts the workers, which resume
+    from the newest checkpoint of the job on the run's storage that verifies, step 16, naming step
+    20 as skipped. The 24 steps equal the local launcher's, in one MLflow run."""
     config = write_config(tmp_path, char_data, "ray")
     run_dir = tmp_path / "ray"
     seed_mlflow_store(run_dir)
@@ -161,13 +162,17 @@ def test_ray_jobs_resume_and_recover_a_killed_worker_like_the_local_launcher(ray
         wait_for(lambda: (run_dir / "checkpoints" / "step_00000020").is_dir(), job, log)
         victim = int((run_dir / "ray_worker_rank1.pid").read_text())
         os.kill(victim, signal.SIGKILL)
+        damaged = run_dir / "checkpoints" / "step_00000020"
+        shard = damaged / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+        shard.write_bytes(shard.read_bytes()[:1000])
         code = job.wait(timeout=600)
     output = log.read_text()
     assert code == 0 and "succeeded" in output, output[-8000:]
     assert "resumed from" in output and "step_00000008" in output, output[-8000:]
-    # from this job's Ray Train checkpoint (12 or later), not again from --resume's step 8
-    resumed = re.search(r"Ray Train restart: resuming from \S*/step_(\d{8})", output)
-    assert resumed and int(resumed.group(1)) >= 12, output[-8000:]
+    # from the run directory (not Ray Train's copy, which lags it; not again from --resume's step 8)
+    assert f"skipping checkpoint {damaged}: {shard.name} does not match its sha256" in output, output[-8000:]
+    restarts = re.findall(r"Ray Train restart: resuming from (\S+)", output)
+    assert restarts == [str(run_dir / "checkpoints" / "step_00000016")], output[-8000:]
     assert int((run_dir / "ray_worker_rank1.pid").read_text()) != victim
     run = records(run_dir)
     assert [r["step"] for r in run] == list(range(1, STEPS + 1))

@@ -130,7 +130,7 @@ def test_two_node_cluster_spread_equal_losses_and_node_loss_recovery(tmp_path, c
         assert set(first) == {0, 1} and set(first.values()) == {"127.0.0.2", "127.0.0.3"}, table
         assert any(ip == "127.0.0.4" for ip, _ in table[2:]), table
         resumed = re.search(r"Ray Train restart: resuming from \S*/step_(\d{8})", output)
-        assert resumed and int(resumed.group(1)) >= 4, output[-8000:]  # the latest one Ray Train had received
+        assert resumed and int(resumed.group(1)) >= 12, output[-8000:]  # the newest on disk when the node died
         run = records(run_dir)
         assert [r["step"] for r in run] == list(range(1, STEPS + 1))
         assert max(abs(a - b) for a, b in zip(losses(run), local_losses)) < 1e-6, (losses(run), local_losses)

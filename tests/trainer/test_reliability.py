@@ -249,3 +249,19 @@ def test_latest_pointer_rebuilt_and_pinned_checkpoint_kept(tmp_path):
     manager.pin("step_00000001")
     manager._prune(keep_tag="step_00000003")
     assert manager.published() == ["step_00000001", "step_00000003"]
+
+
+def test_restart_takes_the_newest_verified_checkpoint_of_its_own_launch(tmp_path):
+    """What a restarted Ray worker group resumes from (launch/ray_launcher.py `_start_from`)."""
+    manager = CheckpointManager(tmp_path)
+    # job 2 resumed from step 4 and wrote 8 and 12; 16 is job 1's, left behind
+    for step, launch in ((4, "job1"), (8, "job2"), (12, "job2"), (16, "job1")):
+        checkpoint = tmp_path / f"step_{step:08d}"
+        checkpoint.mkdir()
+        (checkpoint / "weights.bin").write_bytes(b"x" * 10)
+        write_manifest(checkpoint, step=step, launch_id=launch)
+    (tmp_path / "step_00000012" / "weights.bin").write_bytes(b"y" * 10)  # damaged
+    assert manager.resolve_verified("latest", launch_id="job2") == "step_00000008"
+    assert manager.resolve_verified("latest") == "step_00000016"
+    with pytest.raises(FileNotFoundError):  # none of its own yet: the launch's own start
+        manager.resolve_verified("latest", launch_id="job3")
