@@ -103,10 +103,11 @@ def plan_sweep(configs: list[str], out: Path, seeds: int = 3, budget_tokens: Opt
         raise ConfigError(f"the configs train on different data ({sorted(datasets)}): a sweep compares them on one "
                           "prepared dataset; set it for all with --set data.path=DIR")
     runs = []
-    for config, cfg in loaded.items():
-        tokens_per_step = cfg.trainer.micro_batch_size * cfg.trainer.grad_accum_steps * cfg.world_size * cfg.data.seq_len
-        steps = math.ceil(budget_tokens / tokens_per_step) if budget_tokens else cfg.trainer.max_steps
-        for seed in range(seeds):
+    for seed in range(seeds):  # seed-major: a sweep stopped early has every config's first seeds
+        for config, cfg in loaded.items():
+            tokens_per_step = (cfg.trainer.micro_batch_size * cfg.trainer.grad_accum_steps * cfg.world_size
+                               * cfg.data.seq_len)
+            steps = math.ceil(budget_tokens / tokens_per_step) if budget_tokens else cfg.trainer.max_steps
             runs.append(SweepRun(config=str(config), name=Path(config).stem, seed=seed,
                                  run_dir=str((out / Path(config).stem / f"seed{seed}").resolve()), max_steps=steps,
                                  tokens_per_step=tokens_per_step, parameters=_parameters(cfg),
