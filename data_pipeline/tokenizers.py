@@ -112,6 +112,12 @@ class CharTokenizer:
             ids[bad] = self.special_tokens[self.roles["unk"]]
         return ids
 
+    def unknown_chars(self, text: str) -> list[str]:
+        """Characters of `text` (its special tokens aside) outside the vocabulary: what `encode`
+        writes as UNK (or refuses without one)."""
+        parts = self._split.split(text) if self._split else [text]
+        return sorted({c for part in parts if part not in self.special_tokens for c in part} - set(self.chars))
+
     def encode_array(self, text: str) -> np.ndarray:
         """Token ids as an int64 array (fast path for long texts)."""
         if self._split is None:

@@ -1,12 +1,13 @@
 """Load a trained model from a run directory: config + consolidated checkpoint + tokenizer."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from neurograph.data_pipeline import DataError, load_tokenizer
+from neurograph.data_pipeline import CharTokenizer, DataError, load_tokenizer
 from neurograph.model import build_model
 from neurograph.trainer.checkpoint import WEIGHTS, CheckpointManager
 
@@ -54,11 +55,16 @@ def load_run_config(run_dir: Path) -> NeuroGraphConfig:
 
 
 def encode_prompt(tokenizer, prompt: str, device: Optional[str] = None) -> torch.Tensor:
-    """[1, T] token ids of `prompt`; a symbol the vocabulary lacks is a ConfigError naming it."""
+    """[1, T] token ids of `prompt`. Characters a character vocabulary lacks are named: read as its
+    UNK token (a warning), or a ConfigError when it has none (data prepared before UNK existed)."""
     try:
         ids = tokenizer.encode(prompt)
     except DataError as err:
         raise ConfigError(f"--prompt: {err}") from None
+    unknown = tokenizer.unknown_chars(prompt) if isinstance(tokenizer, CharTokenizer) else []
+    if unknown:
+        logging.getLogger("neurograph.launch").warning("--prompt: %s not in the vocabulary, read as %s", unknown,
+                                                       tokenizer.roles["unk"])
     return torch.tensor([ids], dtype=torch.long, device=device)
 
 

@@ -17,7 +17,8 @@ from tests.conftest import corpus_text
 
 CHARS = [" ", "a", "b", "c", "\n"]
 ROLES = ["<USER>", "<ASSISTANT>", "<SYSTEM>", "<ERROR>"]
-INL_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("**/inl*.yaml"))
+INL_CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[2] / "configs").glob("**/inl*.yaml")
+                     if "experiments" not in p.parts)  # the experiment configs train only
 OOV_TEXT = "Café naïve — 3×4 ☃ 東京."  # beyond ASCII, the vocabulary of the test's corpus
 
 

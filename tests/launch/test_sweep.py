@@ -1,8 +1,9 @@
 """`neurograph sweep` and `neurograph report` end to end: two tiny configs x two seeds trained by real
 `neurograph train` processes into one MLflow experiment (sqlite). The sweep is stopped (SIGTERM to
-its process group) while its second run trains, then started again with the same command: the
-finished run is not trained again, the interrupted one resumes its own checkpoint and MLflow run.
-The report is then made from MLflow alone and checked against each run's metrics.jsonl."""
+its process group) while its third run (the first config's second seed) trains, then started again
+with the same command: the finished runs are not trained again, the interrupted one resumes its own
+checkpoint and MLflow run. The report is then made from MLflow alone and checked against each run's
+metrics.jsonl."""
 from __future__ import annotations
 
 import json
@@ -53,7 +54,7 @@ def records(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, char_data) -> dict:
-    """The sweep stopped during its second run and run again; what the test needs to see of both."""
+    """The sweep stopped during its third run and run again; what the test needs to see of both."""
     root = tmp_path_factory.mktemp("sweep")
     configs, out = write_configs(root, char_data), root / "out"
     interrupted = out / "lstm_tiny" / "seed1"
@@ -77,11 +78,11 @@ def sweep(tmp_path_factory, char_data) -> dict:
 
 def test_a_restarted_sweep_keeps_finished_runs_and_resumes_the_interrupted_one(sweep):
     out, before = sweep["out"], sweep["before"]
-    statuses = {(r["name"], r["seed"]): r["status"] for r in before["state"]["runs"]}
-    assert statuses == {("lstm_tiny", 0): "finished", ("lstm_tiny", 1): "running",
-                        ("transformer_tiny", 0): "pending", ("transformer_tiny", 1): "pending"}, sweep["first_output"][-3000:]
+    statuses = {(r["name"], r["seed"]): r["status"] for r in before["state"]["runs"]}  # seed-major order
+    assert statuses == {("lstm_tiny", 0): "finished", ("transformer_tiny", 0): "finished",
+                        ("lstm_tiny", 1): "running", ("transformer_tiny", 1): "pending"}, sweep["first_output"][-3000:]
     assert 0 < len(before["interrupted_steps"]) < STEPS  # stopped mid-run, after a checkpoint
-    assert "3 of 4 runs to train" in sweep["output"]
+    assert "2 of 4 runs to train" in sweep["output"]
     finished, interrupted = out / "lstm_tiny" / "seed0", out / "lstm_tiny" / "seed1"
     assert (finished / "metrics.jsonl").read_bytes() == before["finished_metrics"]  # not trained again
     assert [r["step"] for r in records(interrupted)] == list(range(1, STEPS + 1))  # resumed, every step once
