@@ -2,10 +2,10 @@
 sweep tagged `sweep.*`; launch/experiments/sweep.py).
 
 - a table per config: final validation BPC (nats of val/loss where the data are not characters),
-  mean +/- std over seeds, parameters, tokens, tokens/s, wall time, diverged runs;
-- PNG plots of validation BPC against tokens and against wall time, seeds as a band (min to max)
-  around their mean;
-- a paired comparison of two configs (same seeds): the mean difference with its 95% t interval."""
+  mean +/- std over seeds, parameters, tokens, tokens/s, training time, diverged runs;
+- PNG plots of validation BPC against tokens and against training time, seeds as a band (min to
+  max) around their mean;
+- paired comparisons of two configs (same seeds): the mean difference with its 95% t interval."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +13,7 @@ import math
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..config import ConfigError
 from .sweep import TAG
@@ -26,9 +26,9 @@ class RunResult:
     status: str
     parameters: int
     tokens_per_step: int
-    wall_s: float
+    training_s: float  # seconds from the first step to the last, time away (stopped, resumed) left out
     budget: str
-    curve: list[tuple[int, float, float]]  # (tokens, seconds since the run started, validation value)
+    curve: list[tuple[int, float, float]]  # (tokens, training seconds, validation value)
     tokens_per_s: Optional[float]
 
     @property
@@ -59,12 +59,27 @@ def collect(experiment: str, uri: str) -> tuple[list[RunResult], str]:
         per_step = int(tags[TAG + "tokens_per_step"])
         history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.step)
         speed = [m.value for m in client.get_metric_history(run.info.run_id, "train/tokens_per_s")]
+        clock = training_clock(client.get_metric_history(run.info.run_id, "train/loss"))
         results.append(RunResult(
             config=tags[TAG + "config"], seed=int(tags[TAG + "seed"]), status=tags[TAG + "status"],
-            parameters=int(tags[TAG + "parameters"]), tokens_per_step=per_step, wall_s=float(tags[TAG + "wall_s"]),
-            budget=tags[TAG + "budget"], tokens_per_s=statistics.fmean(speed) if speed else None,
-            curve=[(m.step * per_step, (m.timestamp - run.info.start_time) / 1000, m.value) for m in history]))
+            parameters=int(tags[TAG + "parameters"]), tokens_per_step=per_step,
+            training_s=max(clock.values(), default=0.0), budget=tags[TAG + "budget"],
+            tokens_per_s=statistics.fmean(speed) if speed else None,
+            curve=[(m.step * per_step, clock.get(m.step, math.nan), m.value) for m in history]))
     return sorted(results, key=lambda r: (r.config, r.seed)), metric
+
+
+def training_clock(points) -> dict[int, float]:
+    """Seconds of training up to each step, from the steps' logged timestamps (start-up excluded). A
+    gap over ten typical steps (the run was stopped and resumed later) counts as one typical step."""
+    points = sorted(points, key=lambda m: m.step)
+    gaps = [(b.timestamp - a.timestamp) / 1000 for a, b in zip(points, points[1:])]
+    typical = statistics.median(gaps) if gaps else 0.0
+    clock, elapsed = {}, 0.0
+    for point, gap in zip(points, [0.0, *gaps]):
+        elapsed += gap if gap <= 10 * typical else typical
+        clock[point.step] = elapsed
+    return clock
 
 
 def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
@@ -85,7 +100,7 @@ def _mean_std(values: list[float]) -> str:
 
 def table(results: list[RunResult], label: str) -> list[str]:
     """One Markdown row per config; diverged runs are counted and left out of the mean."""
-    lines = [f"| config | seeds | final {label} (mean ± std) | parameters | tokens | tokens/s | wall time (s) | diverged |",
+    lines = [f"| config | seeds | final {label} (mean ± std) | parameters | tokens | tokens/s | training time (s) | diverged |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for config in sorted({r.config for r in results}):
         runs = [r for r in results if r.config == config]
@@ -94,7 +109,7 @@ def table(results: list[RunResult], label: str) -> list[str]:
         tokens = max(r.curve[-1][0] if r.curve else 0 for r in runs)
         speed = f"{statistics.fmean(speeds):,.0f}" if speeds else "-"
         lines.append(f"| {config} | {len(runs)} | {_mean_std([r.final for r in kept])} | {runs[0].parameters:,} | "
-                     f"{tokens:,} | {speed} | {statistics.fmean(r.wall_s for r in runs):,.0f} | "
+                     f"{tokens:,} | {speed} | {statistics.fmean(r.training_s for r in runs):,.0f} | "
                      f"{len(runs) - len(kept)} |")
     return lines
 
@@ -107,7 +122,7 @@ def plot(results: list[RunResult], label: str, axis: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    index = {"tokens": 0, "wall time (s)": 1}[axis]
+    index = {"tokens": 0, "training time (s)": 1}[axis]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for config in sorted({r.config for r in results}):
         curves = [r.curve for r in results if r.config == config and r.curve]
@@ -125,24 +140,25 @@ def plot(results: list[RunResult], label: str, axis: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(experiment: str, uri: str, out: Path, compare: Optional[tuple[str, str]] = None) -> Path:
-    """Write out/report.md and its plots; returns the report's path."""
+def write_report(experiment: str, uri: str, out: Path, compare: Sequence[tuple[str, str]] = ()) -> Path:
+    """Write out/report.md and its plots, with a paired comparison per pair in `compare`; returns
+    the report's path."""
     results, metric = collect(experiment, uri)
     label = "BPC" if metric == "val/bpc" else "loss (nats)"
     out.mkdir(parents=True, exist_ok=True)
     budgets = sorted({r.budget for r in results})
     lines = [f"# Sweep report: experiment `{experiment}`", "",
              f"Made {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the MLflow runs at `{uri}` "
-             f"({len(results)} runs). Budget per run: {', '.join(budgets)}; parameters and wall time per config "
-             "in the table. Diverged runs (a non-finite loss, or ending above their first evaluation) are counted "
+             f"({len(results)} runs). Budget per run: {', '.join(budgets)}; parameters and training time (first to "
+             "last step, without start-up or time stopped) per config in the table. Diverged runs (a non-finite loss, or ending above their first evaluation) are counted "
              "and left out of the means.", "", *table(results, label), ""]
-    for axis, name in (("tokens", "tokens.png"), ("wall time (s)", "wall_time.png")):
+    for axis, name in (("tokens", "tokens.png"), ("training time (s)", "time.png")):
         plot(results, label, axis, out / f"val_{name}")
         lines += [f"![validation {label} against {axis}](val_{name})", "",
                   f"Validation {label} against {axis}; budget per run: {', '.join(budgets)}; seeds as a band "
                   "(min to max) around their mean.", ""]
-    if compare:
-        lines += paired_section(results, compare, label)
+    for pair in compare:
+        lines += paired_section(results, pair, label)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -112,7 +112,7 @@ def test_report_from_the_mlflow_runs(sweep, tmp_path):
         cells = [c.strip() for c in row.split("|")[1:-1]]
         assert cells[1] == str(SEEDS) and cells[2] == f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
         assert cells[4] == f"{STEPS * 4 * 64:,}" and cells[7] == "0"
-    for png in ("val_tokens.png", "val_wall_time.png"):
+    for png in ("val_tokens.png", "val_time.png"):
         assert (report_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png in text
     diffs = [a - b for a, b in zip(finals["transformer_tiny"], finals["lstm_tiny"])]
     mean, half = statistics.fmean(diffs), T_975_1DF * statistics.stdev(diffs) / math.sqrt(2)
@@ -136,3 +136,14 @@ def test_bad_sweeps_fail_before_any_run(tmp_path, char_data):
     with pytest.raises(ConfigError, match="asked differently"):
         plan_sweep(configs, tmp_path / "d", seeds=2, budget_tokens=1000)
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_training_clock_leaves_out_time_stopped():
+    """Steps one second apart, stopped for 98 s after step 3: the clock counts that gap as one step."""
+    from mlflow.entities import Metric
+
+    from neurograph.launch.experiments.report import training_clock
+
+    points = [Metric("train/loss", 1.0, ms, step) for step, ms in ((1, 0), (2, 1000), (3, 2000), (4, 100_000),
+                                                                   (5, 101_000))]
+    assert training_clock(reversed(points)) == {1: 0.0, 2: 1.0, 3: 2.0, 4: 3.0, 5: 4.0}
