@@ -12,7 +12,7 @@ wrappers only adapt caches and outputs to transformers' API:
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
