@@ -193,7 +193,7 @@ def train(command: list[str], budget_minutes: Optional[float]) -> tuple[int, flo
     return proc.returncode, time.monotonic() - start
 
 
-def _outcome(run: SweepRun, returncode: int, run_budget_minutes: Optional[float]) -> str:
+def _outcome(run: SweepRun, returncode: int, budget_minutes: Optional[float]) -> str:
     """finished (reached max_steps), budget (stopped at the time budget), diverged (stopped on a
     non-finite loss), interrupted (a checkpoint to resume from) or failed."""
     from neurograph.trainer.checkpoint import CheckpointManager, step_of
@@ -206,7 +206,7 @@ def _outcome(run: SweepRun, returncode: int, run_budget_minutes: Optional[float]
     last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.is_file() and metrics.stat().st_size else {}
     if not math.isfinite(last.get("train/loss", 0.0)):
         return "diverged"
-    if returncode == 0 and run_budget_minutes is not None and published:
+    if returncode == 0 and budget_minutes is not None and published:
         return "budget"
     return "interrupted" if published else "failed"
 
