@@ -224,7 +224,9 @@ class _RecomputedMamba(torch.autograd.Function):
     def _slice_backward(ctx, block: MambaBlock, norm: nn.Module, params, x, starts, g):
         """Gradients (of x or None, of each parameter or None) for one slice of the sequences."""
         with torch.enable_grad():
-            x_in = x.detach().requires_grad_(ctx.needs_input_grad[2])
+            # A view, not a leaf: hooks on a module's inputs (FlopCounterMode's module tracker) ask
+            # torch._C._will_engine_execute_node about its grad_fn, which refuses leaves under autograd.grad.
+            x_in = x.detach().requires_grad_(ctx.needs_input_grad[2]).view_as(x)
             (u, dt, z, B, C), (A, D, bias) = _RecomputedMamba._scan_args(block, norm(x_in))
         g2 = g.reshape(-1, g.shape[-1])  # [M T, D]
         gy = (g2 @ block.out_proj.weight).view_as(u)  # out = y W^T (+ b)
