@@ -63,10 +63,10 @@ class INLConfig(ModelConfig):
     lowrank_embeddings: bool = False
     lowrank_ratio: float = option(0.125, gt=0.0, le=1.0)
     tie_embeddings: bool = option(False, description="output head reuses the (low-rank) input embedding")
-    integrator_impl: Literal["auto", "reference", "triton"] = option(
-        "auto", description="K iterations with the controller in one Triton kernel (triton, opt-in: slower than the "
-        "loop on an H200, see BENCHMARKS.md) or the PyTorch loop (reference; auto takes it). Traces and the "
-        "convergence loss use the loop")
+    integrator_impl: Literal["auto", "reference", "compiled", "triton"] = option(
+        "auto", description="K iterations with the controller as the PyTorch loop (reference; auto on CPU), that loop "
+        "under torch.compile as one graph (compiled; auto on CUDA) or one Triton kernel (triton, opt-in: slower than "
+        "the loop on an H200, see BENCHMARKS.md). Traces and the convergence loss use the loop")
     convergence_weight: float = option(0.0, ge=0.0, description="weight of the auxiliary convergence loss: mean "
                                       "||z_k - z_(k-1)||^2 / D over k > min_iterations (training; "
                                       "`INLModel.aux_loss()`), 0 disables")
@@ -259,7 +259,7 @@ class IntegratorBranch(nn.Module):
         ctx = ctrl.context(h.reshape(b * t, d))  # [N, r], constant over iterations
         mu = self.equilibrium()
         adaptive = self.adaptive_stopping and not self.training and self.trace is None
-        if self.trace is None and not self.track_convergence and use_fused_iterations(self.impl):
+        if self.trace is None and not self.track_convergence and use_fused_iterations(self.impl, z.device):
             # all K iterations in one kernel; excitation passed as its mask and per-iteration waves [K, D]
             mask = self.excitation_mask(z.shape[0], z)
             unit = None if mask is None else torch.ones((), dtype=z.dtype, device=z.device)  # training: the wave itself

@@ -32,3 +32,11 @@ def test_init_bias_and_stability_helpers():
     assert (a.item(), b.item(), g.item(), vt.item()) == pytest.approx((0.8, 0.5, 0.5, 0.0))
     assert K.spectral_radius(0.8, 0.025) == pytest.approx(math.sqrt(0.8))  # complex pair at init
     assert K.is_stable(0.5, 2.9) and not K.is_stable(0.5, 3.1)
+
+
+def test_auto_impl_is_compiled_on_cuda_only():
+    assert K.resolve_impl("auto", torch.device("cuda")) == "compiled"
+    assert K.resolve_impl("auto", torch.device("cpu")) == "reference"
+    assert K.use_fused_iterations("compiled", torch.device("cpu")) and not K.use_fused_iterations("auto", torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown integrator impl"):
+        K.resolve_impl("eager", torch.device("cpu"))
