@@ -140,13 +140,14 @@ def run_sweep(sweep: Sweep, out: Path, ray_address: Optional[str] = None) -> Swe
     log.info("sweep %s: %d of %d runs to train (experiment %s, %s)", sweep.id, len(todo), len(sweep.runs),
              sweep.experiment, sweep.tracking_uri)
 
-    def record(run: SweepRun, returncode: int, wall_s: float) -> None:
+    def record(run: SweepRun, returncode: int, wall_s: float, out_of_time: bool) -> None:
         run.wall_s += wall_s
-        run.status = _outcome(run, returncode, sweep.budget_minutes)
+        run.status = _outcome(run, returncode, out_of_time)
         _tag(sweep, run)
         sweep.save(out)
         log.info("%s seed %d: %s", run.name, run.seed, run.status)
 
+    _create_experiment(sweep, out)
     if ray_address:
         _run_on_ray(ray_address, sweep, todo, record)
         return sweep
@@ -156,6 +157,18 @@ def run_sweep(sweep: Sweep, out: Path, ray_address: Optional[str] = None) -> Swe
         sweep.save(out)
         record(run, *train(_train_command(sweep, run), sweep.budget_minutes))
     return sweep
+
+
+def _create_experiment(sweep: Sweep, out: Path) -> None:
+    """The tracking store and the experiment, made once before any run: runs starting at the same
+    time (Ray tasks) would otherwise race to create the tables of a new sqlite store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(sweep.tracking_uri)
+    if client.get_experiment_by_name(sweep.experiment) is None:
+        local = sweep.tracking_uri.startswith("sqlite")
+        client.create_experiment(sweep.experiment,
+                                 artifact_location=(out / "mlartifacts").resolve().as_uri() if local else None)
 
 
 def _run_on_ray(address: str, sweep: Sweep, runs: list[SweepRun], record) -> None:
@@ -180,20 +193,23 @@ def _train_command(sweep: Sweep, run: SweepRun) -> list[str]:
             *run.overrides(sweep.experiment, sweep.tracking_uri, sweep.sets)]
 
 
-def train(command: list[str], budget_minutes: Optional[float]) -> tuple[int, float]:
+def train(command: list[str], budget_minutes: Optional[float]) -> tuple[int, float, bool]:
     """Run one `neurograph train` (its output goes to ours); with a time budget, SIGTERM at the
-    deadline (the run checkpoints its step and ends). Returns (exit code, wall seconds)."""
+    deadline (the run checkpoints its step and ends). Returns (exit code, wall seconds, whether
+    the deadline stopped it)."""
     start = time.monotonic()
     proc = subprocess.Popen(command)
     try:
         proc.wait(timeout=None if budget_minutes is None else budget_minutes * 60)
+        out_of_time = False
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
-    return proc.returncode, time.monotonic() - start
+        out_of_time = True
+    return proc.returncode, time.monotonic() - start, out_of_time
 
 
-def _outcome(run: SweepRun, returncode: int, budget_minutes: Optional[float]) -> str:
+def _outcome(run: SweepRun, returncode: int, out_of_time: bool) -> str:
     """finished (reached max_steps), budget (stopped at the time budget), diverged (stopped on a
     non-finite loss), interrupted (a checkpoint to resume from) or failed."""
     from neurograph.trainer.checkpoint import CheckpointManager, step_of
@@ -206,7 +222,7 @@ def _outcome(run: SweepRun, returncode: int, budget_minutes: Optional[float]) ->
     last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.is_file() and metrics.stat().st_size else {}
     if not math.isfinite(last.get("train/loss", 0.0)):
         return "diverged"
-    if returncode == 0 and budget_minutes is not None and published:
+    if out_of_time and published:
         return "budget"
     return "interrupted" if published else "failed"
 

@@ -1,12 +1,10 @@
-"""`neurograph doctor`: one process's report, and a two-node Ray cluster where one node's environment
-differs (a second deepspeed distribution ahead of the real one on that node's PYTHONPATH): that node is
-named with what differs and the command exits 1; the head node, identical, is not."""
+"""`neurograph doctor`: one process's report, and the session's Ray cluster joined by a node whose
+environment differs (a second deepspeed distribution ahead of the real one on its PYTHONPATH): that node
+is named with what differs and the command exits 1; the other nodes, identical, are not."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 import deepspeed
@@ -14,8 +12,7 @@ import torch
 
 from neurograph.launch.environment import PACKAGES, differences
 from neurograph.launch.lockfile import LOCK_DIR, file_sha256
-from tests.launch.test_ray_cluster import BIN, free_port, job_env, wait_http
-from tests.launch.test_ray_multinode import Node, join
+from tests.launch.ray_nodes import BIN
 
 
 def test_report_of_this_process(tmp_path):
@@ -45,31 +42,20 @@ def test_differences_name_each_field_that_departs():
 
 
 @pytest.mark.slow
-def test_cluster_names_the_node_whose_environment_differs(tmp_path):
+def test_cluster_names_the_node_whose_environment_differs(tmp_path, ray_cluster):
     shadow = tmp_path / "shadow"  # a deepspeed 0.0.1 distribution found before the installed one
     (shadow / "deepspeed-0.0.1.dist-info").mkdir(parents=True)
     (shadow / "deepspeed-0.0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: deepspeed\n"
                                                                     "Version: 0.0.1\n")
-    temp = tempfile.mkdtemp(prefix="ngdoc")  # short: Ray's unix socket paths must fit 107 chars
-    gcs, dashboard = free_port(), free_port()
-    api = f"http://127.0.0.1:{dashboard}"
-    nodes = [Node(tmp_path / "head.log", "127.0.0.2", "--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
-                  "--dashboard-port", str(dashboard), "--ray-client-server-port", str(free_port()), "--temp-dir", temp)]
+    odd = ray_cluster.join(env={"PYTHONPATH": str(shadow)})
     try:
-        wait_http(f"{api}/api/version", 120)
-        nodes.append(join(api, tmp_path / "node2.log", "127.0.0.3", "--address", f"127.0.0.2:{gcs}", expect=2,
-                          env={"PYTHONPATH": str(shadow)}))
         proc = subprocess.run([str(BIN / "ray"), "job", "submit", "--", "neurograph", "doctor", "--ray", "auto"],
-                              env=job_env(api), capture_output=True, text=True, timeout=600)
-        output = proc.stdout + proc.stderr
-        assert proc.returncode != 0 and "failed" in output, output[-6000:]
-        lines = set(line.strip() for line in output.splitlines() if line.strip().startswith("127.0.0."))
-        assert len(lines) == 2, output[-6000:]
-        head, = [line for line in lines if "127.0.0.2" in line]
-        second, = [line for line in lines if "127.0.0.3" in line]
-        assert head.endswith("same as the driver"), head
-        assert second.endswith(f"DIFFERS: deepspeed 0.0.1 (driver: {deepspeed.__version__})"), second
+                              env=ray_cluster.job_env(), capture_output=True, text=True, timeout=600)
     finally:
-        for node in reversed(nodes):
-            node.stop()
-        shutil.rmtree(temp, ignore_errors=True)
+        ray_cluster.leave(odd)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "failed" in output, output[-6000:]
+    lines = {line.split()[0]: line for line in output.splitlines() if line.strip().startswith("127.0.0.")}
+    assert set(lines) == {node.ip for node in ray_cluster.nodes} | {odd.ip}, output[-6000:]
+    assert lines.pop(odd.ip).endswith(f"DIFFERS: deepspeed 0.0.1 (driver: {deepspeed.__version__})"), output[-6000:]
+    assert all(line.endswith("same as the driver") for line in lines.values()), lines

@@ -147,3 +147,33 @@ def test_training_clock_leaves_out_time_stopped():
     points = [Metric("train/loss", 1.0, ms, step) for step, ms in ((1, 0), (2, 1000), (3, 2000), (4, 100_000),
                                                                    (5, 101_000))]
     assert training_clock(reversed(points)) == {1: 0.0, 2: 1.0, 3: 2.0, 4: 3.0, 5: 4.0}
+
+
+def test_sweep_as_ray_tasks_with_a_time_budget(ray_cluster, tmp_path, char_data):
+    """`neurograph sweep --ray auto --budget-minutes M` submitted as a Ray job: the two runs train at
+    once, as Ray tasks of one CPU each (one per node), each stopped by SIGTERM at its deadline after
+    checkpointing its step: both end as "budget" in sweep.json and in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.launch.ray_nodes import BIN
+
+    budget_s, out = 30, tmp_path / "out"
+    cmd = [str(BIN / "ray"), "job", "submit", "--", "neurograph", "sweep", "--configs",
+           *write_configs(tmp_path, char_data), "--seeds", "1", "--budget-minutes", str(budget_s / 60),
+           "--set", "trainer.max_steps=100000", "--ray", "auto", "--out", str(out)]
+    proc = subprocess.run(cmd, env=ray_cluster.job_env(), capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    (tmp_path / "job.log").write_text(output)  # whole, for a failure's post-mortem
+    assert proc.returncode == 0 and "succeeded" in output, output[-6000:]
+    runs = json.loads((out / "sweep.json").read_text())["runs"]
+    assert [r["status"] for r in runs] == ["budget", "budget"], output[-6000:]
+    for run in runs:
+        assert budget_s <= run["wall_s"] < budget_s + 30, run
+        steps = [r["step"] for r in records(Path(run["run_dir"]))]
+        assert 0 < steps[-1] < 100000 and (Path(run["run_dir"]) / "checkpoints" / f"step_{steps[-1]:08d}").is_dir()
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    mlflow_runs = client.search_runs([client.get_experiment_by_name("out").experiment_id])
+    assert sorted(r.data.tags["sweep.status"] for r in mlflow_runs) == ["budget", "budget"]
+    assert {r.data.tags["sweep.budget"] for r in mlflow_runs} == {f"{budget_s / 60} minutes"}
+    first, second = sorted(mlflow_runs, key=lambda r: r.info.start_time)
+    assert second.info.start_time < first.info.end_time  # trained at the same time
