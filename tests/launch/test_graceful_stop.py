@@ -41,7 +41,7 @@ def stop_run(tmp_path, char_data, name: str, signals: list[int], *overrides: str
         metrics = run_dir / "metrics.jsonl"
         return metrics.exists() and len(metrics.read_text().splitlines()) >= after_step
 
-    with running(train_command(tmp_path, char_data, name, *COMMON, *overrides), log_path) as proc:
+    with running(train_command(tmp_path, char_data, name, *COMMON, *overrides, tracking=True), log_path) as proc:
         wait_for(progressed, proc, log_path)
         started = time.monotonic()
         for i, sig in enumerate(signals):
@@ -86,7 +86,8 @@ def test_signal_checkpoints_the_last_step_and_resume_matches(tmp_path, char_data
     assert run.info.status == "KILLED" and run.data.tags["neurograph.stopped_at_step"] == str(last)
 
     if sig == signal.SIGTERM:  # resuming is the same whatever the signal
-        resumed = train(tmp_path, char_data, "run", *COMMON, f"trainer.exit_after={UNTIL - last}", resume=True)
+        resumed = train(tmp_path, char_data, "run", *COMMON, f"trainer.exit_after={UNTIL - last}", resume=True,
+                        tracking=True)
         assert max(abs(a - b) for a, b in zip(losses(resumed), reference)) < 1e-6, (losses(resumed), reference)
         assert len(resumed) == UNTIL
 

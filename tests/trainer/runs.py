@@ -23,8 +23,8 @@ STEPS = 12
 
 
 def train(tmp_path: Path, data_dir: Path, name: str, *overrides: str, resume: bool = False,
-          model: Optional[dict] = None) -> list[dict]:
-    cmd = train_command(tmp_path, data_dir, name, *overrides, resume=resume, model=model)
+          model: Optional[dict] = None, tracking: bool = False) -> list[dict]:
+    cmd = train_command(tmp_path, data_dir, name, *overrides, resume=resume, model=model, tracking=tracking)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return read_metrics(tmp_path / name)
@@ -35,19 +35,20 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def train_command(tmp_path: Path, data_dir: Path, name: str, *overrides: str, resume: bool = False,
-                  model: Optional[dict] = None) -> list[str]:
-    """`neurograph train` of the test config (run directory `tmp_path/name`)."""
+                  model: Optional[dict] = None, tracking: bool = False) -> list[str]:
+    """`neurograph train` of the test config (run directory `tmp_path/name`). MLflow tracking only
+    where a test looks at it: starting it costs a launch ~7 s (importing mlflow, opening the store)."""
     run_dir = tmp_path / name
     cfg = {
         "model": model or TINY_TRANSFORMER,
         "data": {"path": str(data_dir), "seq_len": 64},
         "trainer": {"max_steps": STEPS, "micro_batch_size": 4, "lr": 3e-3, "schedule": "onecycle", "warmup_steps": 3,
                     "eval_every": 0, "eval_batches": 2, "log_every": 4, "seed": 7, "run_dir": str(run_dir)},
-        "tracking": {"experiment": "tests"},
+        "tracking": {"enabled": tracking, "experiment": "tests"},
     }
     config_file = tmp_path / f"{name}.yaml"
     config_file.write_text(yaml.safe_dump(cfg))
-    if not any(o.startswith("tracking.uri=") for o in overrides):
+    if tracking and not any(o.startswith("tracking.uri=") for o in overrides):
         seed_mlflow_store(run_dir)
     cmd = [sys.executable, "-m", "neurograph.launch.cli", "train", "--config", str(config_file), *overrides]
     if resume:

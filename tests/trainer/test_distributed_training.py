@@ -36,10 +36,11 @@ def test_exact_resume_two_ranks(tmp_path, char_data):
     common = ("trainer.num_processes=2", "deepspeed.zero_stage=2", "data.num_workers=2", "model.dropout=0.1",
               "trainer.schedule=cosine")
     full = train(tmp_path, char_data, "full", *common)
-    first = train(tmp_path, char_data, "resumed", *common, "trainer.exit_after=5", "trainer.checkpoint_every=4")
+    first = train(tmp_path, char_data, "resumed", *common, "trainer.exit_after=5", "trainer.checkpoint_every=4",
+                  tracking=True)
     assert [r["step"] for r in first] == [1, 2, 3, 4, 5]
     run_id = (tmp_path / "resumed" / "mlflow_run_id").read_text()
-    second = train(tmp_path, char_data, "resumed", *common, resume=True)
+    second = train(tmp_path, char_data, "resumed", *common, resume=True, tracking=True)
     assert [r["step"] for r in second] == list(range(1, STEPS + 1))
     assert max(abs(a - b) for a, b in zip(losses(full), losses(second))) < 1e-6, (losses(full), losses(second))
     assert (tmp_path / "resumed" / "mlflow_run_id").read_text() == run_id

@@ -51,7 +51,7 @@ def diverging_run(tmp_path: Path, data: Path, uri: str, policy: str, *overrides:
     """Train STEPS steps whose step BAD_STEP diverges; returns (run directory, output)."""
     cmd = train_command(tmp_path, data, policy, "trainer.num_processes=2", "deepspeed.zero_stage=2",
                         f"trainer.max_steps={STEPS}", f"trainer.on_nonfinite={policy}", f"tracking.uri={uri}",
-                        *overrides)
+                        *overrides, tracking=True)
     config = cmd[cmd.index("--config") + 1]
     (tmp_path / policy).mkdir(exist_ok=True)  # as `neurograph train` makes it
     script = tmp_path / "diverging_run.py"

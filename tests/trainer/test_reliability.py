@@ -40,7 +40,7 @@ TAGS = ["step_00000004", "step_00000008", "step_00000012"]
 def trained(tmp_path_factory, char_data) -> tuple[Path, list[dict]]:
     """(directory holding the run `run`, its metrics): 12 of 16 steps, checkpoints 4, 8, 12."""
     root = tmp_path_factory.mktemp("trained")
-    return root, train(root, char_data, "run", *COMMON)
+    return root, train(root, char_data, "run", *COMMON, tracking=True)
 
 
 def copy_run(trained, tmp_path: Path) -> Path:
@@ -49,7 +49,7 @@ def copy_run(trained, tmp_path: Path) -> Path:
 
 
 def cli(tmp_path: Path, data: Path, *args: str, resume: bool = True) -> subprocess.CompletedProcess:
-    cmd = train_command(tmp_path, data, "run", *COMMON, *args, resume=resume)
+    cmd = train_command(tmp_path, data, "run", *COMMON, *args, resume=resume, tracking=True)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -197,7 +197,7 @@ def test_run_started_with_the_tracking_server_down_finishes_and_delivers(tmp_pat
     server = MLflowServer(tmp_path)  # not started yet
     steps = 8
     cmd = train_command(tmp_path, char_data, "run", "trainer.num_processes=1", f"trainer.max_steps={steps}",
-                        f"tracking.uri={server.uri}", "tracking.retry_interval=1", "tracking.finish_timeout=300")
+                        f"tracking.uri={server.uri}", "tracking.retry_interval=1", "tracking.finish_timeout=300", tracking=True)
     run_dir, log = tmp_path / "run", tmp_path / "train.log"
     try:
         with running(cmd, log) as proc:
