@@ -7,7 +7,9 @@
                                iterations and INN's N neurons are included), with and without
                                activation checkpointing of every block
     largest micro-batch        that fits the GPU's memory (less `headroom`) under the config's ZeRO stage
-    time                       steps, wall-clock and GPU-hours for `tokens` at a given MFU
+    time                       steps, wall-clock and GPU-hours for `tokens` at a given (assumed) MFU
+    predicted MFU              the roofline of one step on the GPU (launch/roofline.py), per component; for INL
+                               also for each integrator variant (loop, compiled, fused, triton-v1)
     checkpoint                 DeepSpeed checkpoint on disk: 16-bit weights + fp32 master and Adam states
 
 Model states, bf16 (bytes per parameter; P parameters, G GPUs, L the largest layer's parameters):
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .roofline import INTEGRATOR_VARIANTS, Roofline, predict
 
 GIB = 2**30
 GPU_MEMORY_GIB = {"h200": 141, "h100": 80, "h100-pcie": 80, "a100": 80, "a100-40gb": 40, "l40s": 48, "l4": 24,
@@ -131,6 +135,9 @@ class Plan:
     wall_clock_hours: float
     gpu_hours: float
     checkpoint_gib: float
+    predicted_mfu: float  # the roofline's, apart from the assumed `mfu` of the time plan
+    predicted_mfu_by_integrator: dict  # INL: {variant: predicted MFU}; {} for other families
+    roofline: Roofline
 
 
 def make_plan(model_cfg, trainer_cfg, zero_stage: int, seq_len: int, nodes: int, gpus_per_node: int, gpu: str,
@@ -160,6 +167,9 @@ def make_plan(model_cfg, trainer_cfg, zero_stage: int, seq_len: int, nodes: int,
     flops_per_token = model.flops_per_token(seq_len)
     peak = table_peak_tflops(GPU_NAMES[gpu], precision) * 1e12
     wall_s = flops_per_token * tokens / (mfu * peak * gpus)
+    cluster = (model_cfg, trainer_cfg, seq_len, zero_stage, nodes, gpus_per_node, gpu)
+    roofline = predict(*cluster)
+    variants = INTEGRATOR_VARIANTS if roofline.integrator else ()
     return Plan(
         params=params, largest_layer_params=largest, gpus=gpus, gpu=gpu, gpu_memory_gib=GPU_MEMORY_GIB[gpu],
         zero_stage=zero_stage, precision=precision, micro_batch=mb, seq_len=seq_len, model_states_gib=states,
@@ -168,7 +178,9 @@ def make_plan(model_cfg, trainer_cfg, zero_stage: int, seq_len: int, nodes: int,
         largest_micro_batch={k: max(0, math.floor((capacity - fixed) / v)) for k, v in per_sample.items()},
         tokens=tokens, tokens_per_step=tokens_per_step, steps=math.ceil(tokens / tokens_per_step), mfu=mfu,
         flops_per_token=flops_per_token, wall_clock_hours=wall_s / 3600, gpu_hours=wall_s * gpus / 3600,
-        checkpoint_gib=params * CHECKPOINT_BYTES[precision] / GIB)
+        checkpoint_gib=params * CHECKPOINT_BYTES[precision] / GIB, predicted_mfu=roofline.predicted_mfu,
+        predicted_mfu_by_integrator={v: predict(*cluster, integrator=v).predicted_mfu for v in variants},
+        roofline=roofline)
 
 
 def format_plan(p: Plan) -> str:

@@ -17,17 +17,18 @@ import torch
 
 log = logging.getLogger("neurograph.trainer")
 
-# (substring of torch.cuda.get_device_name, {precision: dense peak TFLOP/s}); first match wins,
-# so the more specific names come first.
+# (substring of torch.cuda.get_device_name, {precision: dense peak TFLOP/s, "hbm": memory bandwidth TB/s,
+# "link": GPU-to-GPU bandwidth GB/s per direction (NVLink; PCIe for PCIe cards)}); first match wins,
+# so the more specific names come first. The bandwidths are the datasheets' (`neurograph plan`'s roofline).
 PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
-    ("H200", {"bf16": 989.0, "fp32": 67.0}),
-    ("H100 PCIe", {"bf16": 756.0, "fp32": 51.0}),
-    ("H100 NVL", {"bf16": 835.0, "fp32": 60.0}),
-    ("H100", {"bf16": 989.0, "fp32": 67.0}),  # SXM ("NVIDIA H100 80GB HBM3")
-    ("A100", {"bf16": 312.0, "fp32": 19.5}),
-    ("L40S", {"bf16": 362.0, "fp32": 91.6}),
-    ("L4", {"bf16": 121.0, "fp32": 30.3}),
-    ("A10", {"bf16": 125.0, "fp32": 31.2}),
+    ("H200", {"bf16": 989.0, "fp32": 67.0, "hbm": 4.8, "link": 450.0}),
+    ("H100 PCIe", {"bf16": 756.0, "fp32": 51.0, "hbm": 2.0, "link": 64.0}),
+    ("H100 NVL", {"bf16": 835.0, "fp32": 60.0, "hbm": 3.9, "link": 300.0}),
+    ("H100", {"bf16": 989.0, "fp32": 67.0, "hbm": 3.35, "link": 450.0}),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("A100", {"bf16": 312.0, "fp32": 19.5, "hbm": 2.0, "link": 300.0}),  # SXM 80 GB (the 40 GB: 1.6 TB/s)
+    ("L40S", {"bf16": 362.0, "fp32": 91.6, "hbm": 0.86, "link": 32.0}),
+    ("L4", {"bf16": 121.0, "fp32": 30.3, "hbm": 0.3, "link": 32.0}),
+    ("A10", {"bf16": 125.0, "fp32": 31.2, "hbm": 0.6, "link": 32.0}),
 )
 
 # Names the planner accepts for --gpu, mapped to a device name the table knows.
@@ -35,12 +36,14 @@ GPU_NAMES = {"h200": "H200", "h100": "H100", "h100-pcie": "H100 PCIe", "a100": "
              "a10": "A10"}
 
 
+def table_rates(device_name: str) -> dict[str, float]:
+    """The table's row for one device ({} if not in the table)."""
+    return next((rates for key, rates in PEAK_TFLOPS if key.lower() in device_name.lower()), {})
+
+
 def table_peak_tflops(device_name: str, precision: str) -> Optional[float]:
     """Dense peak TFLOP/s of one device for `precision` (fp32 | bf16), None if not in the table."""
-    for key, rates in PEAK_TFLOPS:
-        if key.lower() in device_name.lower():
-            return rates.get(precision)
-    return None
+    return table_rates(device_name).get(precision)
 
 
 def detect_peak_tflops(precision: str) -> Optional[float]:
