@@ -183,9 +183,8 @@ def op_rows(ops: list[Op], impls: set[str], device, repeats: int, smoke: bool, p
             print(f"{op.name:28} {name:10} {1e3 * t:9.3f} {gbs:8.1f} {bw:>6} {tflops:8.2f} {fl:>7}")
 
 
-def training_rows(device, repeats: int, smoke: bool, profile: bool):
-    """One AdamW step of each model, without and with the kernels; with `profile`, then the ops that
-    took the most device time in one step with the kernels (torch.profiler)."""
+def training_cases(smoke: bool) -> list:
+    """(name, config, switches without the kernels, switches with them, (batch, T)) of each training row."""
     inn = dict(vocab_size=27, dropout=0.1, checkpoint_layers=False)
     tiny = dict(vocab_size=65, d_model=128, n_layer=4, n_head=4, num_iterations=5, max_seq_len=128, controller_rank=64)
     wide = dict(vocab_size=32000, d_model=1728, n_layer=2, n_head=32, num_iterations=5, feedforward_dim=6912,
@@ -199,6 +198,13 @@ def training_rows(device, repeats: int, smoke: bool, profile: bool):
         cases = [(name, dataclasses.replace(cfg, n_layer=1, d_model=32, n_head=2, **({"n_neurons": 4} if cfg.arch == "inn"
                                                                               else {"feedforward_dim": 0})),
                   off, on, (1, 8)) for name, cfg, off, on, _ in cases]
+    return cases
+
+
+def training_rows(device, repeats: int, smoke: bool, profile: bool):
+    """One AdamW step of each model, without and with the kernels; with `profile`, then the ops that
+    took the most device time in one step with the kernels (torch.profiler)."""
+    cases = training_cases(smoke)
     print(f"\n{'training step':28} {'without ms':>11} {'with ms':>9} {'speed-up':>9}")
     profiles = []
     for name, cfg, off, on, shape in cases:

@@ -13,7 +13,8 @@ backward scatters dK, dV into the picked rows with atomic adds (picks may repeat
 
 Attention dropout (p > 0) multiplies each softmax probability by `_dropout_scale`: 1 / (1 - p) or
 0 from Philox (tl.rand) of a seed and the probability's flat index in [M, H, N, N] (dense) or
-[M, N, H, k] (top-k); backward recomputes the same mask from the seed. `attention_dropout_scale`
+[M, N, H, k] (top-k); backward recomputes the same mask from the seed. The kernels do not specialise
+on the seed (`do_not_specialize`): every seed runs the same compiled kernel. `attention_dropout_scale`
 returns that tensor, so tests can rebuild the kernels' output in PyTorch.
 """
 from __future__ import annotations
@@ -35,12 +36,12 @@ if triton is not None:
         """1 / (1 - p) where the probability at `offsets` is kept, 0 where dropped."""
         return tl.where(tl.rand(seed, offsets) >= dropout_p, 1.0 / (1.0 - dropout_p), 0.0)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["seed"])
     def _dropout_scale_kernel(out_ptr, numel, seed, dropout_p, BLOCK: tl.constexpr):
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         tl.store(out_ptr + offsets, _dropout_scale(seed, offsets, dropout_p), mask=offsets < numel)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["seed"])
     def _dense_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, N, H, HD, scale,
                           sq_m, sq_n, sq_h, sk_m, sk_n, sk_h, sv_m, sv_n, sv_h, seed, dropout_p, DROPOUT: tl.constexpr,
                           BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_HD: tl.constexpr):
@@ -64,7 +65,7 @@ if triton is not None:
                  mask=mq[:, None] & me[None, :])
         tl.store(lse_ptr + (m * H + h) * N + qi, row_max + tl.log(total), mask=mq)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["seed"])
     def _dense_bwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, N, H, HD, scale,
                           sq_m, sq_n, sq_h, sk_m, sk_n, sk_h, sv_m, sv_n, sv_h, sd_m, sd_n, sd_h,
                           seed, dropout_p, DROPOUT: tl.constexpr,
@@ -103,7 +104,7 @@ if triton is not None:
         tl.store(dk_ptr + rows, dk.to(dk_ptr.dtype.element_ty), mask=mkv)
         tl.store(dv_ptr + rows, dv.to(dv_ptr.dtype.element_ty), mask=mkv)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["seed"])
     def _topk_fwd_kernel(q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr, N, H, HD, KK, scale,
                          sq_m, sq_n, sq_h, sk_m, sk_n, sk_h, sv_m, sv_n, sv_h, seed, dropout_p, DROPOUT: tl.constexpr,
                          BLOCK_Q: tl.constexpr, BLOCK_HD: tl.constexpr):
@@ -133,7 +134,7 @@ if triton is not None:
                  mask=mqe)
         tl.store(lse_ptr + (m * N + qi) * H + h, row_max + tl.log(total), mask=mq)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["seed"])
     def _topk_bwd_kernel(q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, do_ptr, lse_ptr, dq_ptr, dk_ptr, dv_ptr, N, H, HD, KK, scale,
                          sq_m, sq_n, sq_h, sk_m, sk_n, sk_h, sv_m, sv_n, sv_h, sd_m, sd_n, sd_h,
                          seed, dropout_p, DROPOUT: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_HD: tl.constexpr):

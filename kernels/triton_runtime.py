@@ -16,10 +16,11 @@ except ImportError:  # the kernels modules define no kernels then; dispatch fall
 
 
 def check_triton_device(op: str, kernel, x: torch.Tensor) -> None:
-    """One clear error when `kernel` cannot run on x's device."""
+    """One clear error when `kernel` cannot run on x's device. Meta tensors pass: kernels/gpu_resources.py
+    launches the kernels on them to compile, never run, them."""
     if triton is None:
         raise RuntimeError(f"{op}: impl 'triton' needs the triton package (pip install triton)")
-    if not x.is_cuda and not isinstance(kernel, InterpretedFunction):
+    if not (x.is_cuda or x.is_meta) and not isinstance(kernel, InterpretedFunction):
         raise RuntimeError(f"{op}: impl 'triton' runs on CUDA tensors; on CPU only through Triton's interpreter "
                            "(set TRITON_INTERPRET=1 before triton is imported)")
 
