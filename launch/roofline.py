@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 from torch.utils.module_tracker import ModuleTracker
 
 MATMUL_EFFICIENCY = 0.7  # cuBLAS GEMMs at a 1B model's shapes reach ~70% of the dense tensor-core peak
@@ -100,7 +99,10 @@ class _Trace(TorchDispatchMode):
     def __init__(self, model: torch.nn.Module):
         from neurograph.model.inl import IntegratorBranch
 
+        from torch.utils.flop_counter import flop_registry  # here: it imports triton, which the CLI need not
+
         super().__init__()
+        self.flop_registry = flop_registry
         self.costs: collections.Counter = collections.Counter()
         self.tracker = ModuleTracker()  # names modules f"{root type}.{qualified name}", in forward and backward
         root = type(model).__name__
@@ -115,7 +117,7 @@ class _Trace(TorchDispatchMode):
         packet, returns = func.overloadpacket, func._schema.returns
         if packet in FREE_OPS or (returns and returns[0].alias_info and not returns[0].alias_info.is_write):
             return out  # views and allocations move nothing
-        flops = flop_registry[packet](*args, **kwargs, out_val=out) if packet in flop_registry else 0
+        flops = self.flop_registry[packet](*args, **kwargs, out_val=out) if packet in self.flop_registry else 0
         nbytes = sum(_nbytes(t) for t in pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor))
         component = "integrator" if self.integrator & self.tracker.parents else "matmuls" if flops else "elementwise"
         self.add(component, "matmul", flops, nbytes)
