@@ -38,9 +38,7 @@ from neurograph.kernels.neuron_attention import neuron_attention_reference, topk
 from neurograph.kernels.selective_scan import selective_scan, selective_scan_flops, selective_scan_ref  # noqa: E402
 from neurograph.model.inl import INLConfig, INLModel  # noqa: E402
 from neurograph.model.inn import INN, INNConfig  # noqa: E402
-from neurograph.trainer.mfu import table_peak_tflops  # noqa: E402
-
-PEAK_BANDWIDTH_TBS = (("H200", 4.8), ("H100 PCIe", 2.0), ("H100", 3.35), ("A100", 2.0), ("L40S", 0.864), ("L4", 0.3))
+from neurograph.trainer.mfu import table_peak_tflops, table_rates  # noqa: E402
 
 
 @dataclass
@@ -255,7 +253,7 @@ def main(argv=None):
         print("no CUDA device: every row not run (see BENCHMARKS.md); --smoke checks the script on CPU")
         return
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (smoke: times meaningless)"
-    peak_tbs = next((bw for key, bw in PEAK_BANDWIDTH_TBS if key.lower() in name.lower()), None)
+    peak_tbs = table_rates(name).get("hbm")  # the datasheet HBM bandwidth beside the peaks
     print(f"device: {name}; datasheet peak {peak_tbs} TB/s, {table_peak_tflops(name, 'fp32')} fp32 TFLOP/s")
     if device == "cuda":
         copy_tbs, matmul_tflops = achievable_rates()
