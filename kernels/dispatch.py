@@ -1,11 +1,8 @@
 """What the ops' `auto` choices need to know without importing triton (importing it fixes whether
-the kernels compile or run interpreted, kernels/triton_runtime.py): whether it is installed, and
-the Triton kernels' size limits."""
+the kernels compile or run interpreted, kernels/triton_runtime.py): whether it is installed."""
 from __future__ import annotations
 
 import importlib.util
-
-MAX_DENSE_NEURONS = 256  # the dense Triton neuron attention holds all N keys of a problem in one tile
 
 
 def triton_available() -> bool:

