@@ -50,11 +50,14 @@ jemalloc:
 demo: install
 	$(VENV)/bin/neurograph demo
 
+# Two pytest-xdist workers (the machine's 2 cores; TEST_WORKERS=0 runs in this process): tests/conftest.py
+# keeps each file, and the tests on the session's Ray cluster, in one worker.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" tests
 
 bench: install  # the CPU goal tables of BENCHMARKS.md (the INN paper's comparison: docs/results/inn_paper)
 	OMP_NUM_THREADS=2 $(PY) bench/inn.py

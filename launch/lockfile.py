@@ -89,11 +89,16 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _uv_compile(extras: list[str], uv: str) -> str:
+def _uv_compile(extras: list[str], uv: str, previous: list[Path]) -> str:
+    """One universal resolution; the pins of the `previous` locks are kept where they still satisfy
+    pyproject.toml (uv prefers what its output file already pins), so adding a requirement does not
+    move every other package to its newest release."""
     with tempfile.TemporaryDirectory() as tmp:
         constraint = Path(tmp) / "torch.txt"
         constraint.write_text(f"torch=={TORCH_VERSION}\n")
         raw = Path(tmp) / "lock.txt"
+        raw.write_text("".join(re.sub(r"(?m)^torch==(\S+)\+cpu", r"torch==\1", path.read_text())
+                               for path in previous if path.exists()))
         cmd = [uv, "pip", "compile", str(PYPROJECT), *[f"--extra={e}" for e in extras], "--universal",
                f"--python-version={LOWEST_PYTHON}", f"--constraint={constraint}", f"--output-file={raw}",
                "--custom-compile-command=make lock", "--no-annotate", "--quiet"]
@@ -114,12 +119,12 @@ def compile_locks(uv: str = "uv") -> None:
     """Write requirements/{cpu,cuda,cuda-kernels}.txt from pyproject.toml (needs the package index)."""
     header = DIGEST_LINE + requirements_digest() + "\n"
     LOCK_DIR.mkdir(exist_ok=True)
-    cuda = _uv_compile(["dev", "s3", "gpu"], uv)
+    cuda = _uv_compile(["dev", "s3", "gpu"], uv, [LOCK_DIR / "cuda.txt", LOCK_DIR / "cuda-kernels.txt"])
     cuda, kernels = _split(cuda, lambda name: name not in BUILT_ON_NODE)
     # The CPU lock is the same resolution without the CUDA build's own dependencies: torch's CPU
     # build requires exactly its CUDA build's list minus the nvidia-*/cuda-* packages (checked
     # against 2.13.0's wheels), and uv cannot resolve +cpu for 3.10/3.12 from PyPI alone.
-    cpu, _ = _split(_uv_compile(["dev", "s3"], uv), lambda name: not CUDA_ONLY.match(name))
+    cpu, _ = _split(_uv_compile(["dev", "s3"], uv, [LOCK_DIR / "cpu.txt"]), lambda name: not CUDA_ONLY.match(name))
     cpu, found = re.subn(rf"^torch=={re.escape(TORCH_VERSION)}(?= |$)", f"torch=={TORCH_VERSION}+cpu", cpu, flags=re.M)
     if found != 1:
         raise RuntimeError(f"the CPU lock does not pin torch=={TORCH_VERSION}")

@@ -37,3 +37,16 @@ def char_data(tmp_path_factory) -> Path:
     out = root / "data"
     prepare_corpus([str(src)], out, tokenizer="char", seq_len=64, val_fraction=0.1, samples_per_shard=32)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs the suite in two pytest-xdist workers (`--dist loadgroup`): every test file is
+    one group, run whole by one worker, so its module fixtures are set up once; the tests on the
+    session's Ray cluster (tests/launch/conftest.py) are one group, run first, so one cluster starts
+    and the longest group does not end the run alone."""
+    def group(item) -> str:
+        return "ray-cluster" if "ray_cluster" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: group(item) != "ray-cluster")  # stable: files keep their order
