@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from neurograph.data_pipeline import StreamingTokenLoader
+from neurograph.kernels.cpu_extension import clear_stale_build_locks
 from neurograph.model import build_model
 
 from .acceleration import accelerate
@@ -45,6 +46,7 @@ def setup_distributed() -> tuple[int, int]:
     """Join the process group (gloo on CPU, NCCL on GPU) set up by the launcher's env vars."""
     import deepspeed
 
+    clear_stale_build_locks()  # DeepSpeed JIT-builds its ops (on CPU: the shm all-reduce) through the same lock
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():

@@ -211,3 +211,34 @@ def test_a_kernel_is_rebuilt_when_a_shared_header_changes(tmp_path):
     assert build_name(source) == first
     header.write_text("inline float f(float x) { return 2 * x; }\n")
     assert build_name(source) != first
+
+
+def test_stale_build_locks_are_removed_and_held_ones_kept(tmp_path, monkeypatch):
+    """torch's build lock of a killed build (old, held by no process) goes; one a live process holds
+    open, as torch's FileBaton does for the whole build, stays; so does one just taken."""
+    import subprocess
+    import sys
+    import time
+
+    from neurograph.kernels.cpu_extension import STALE_LOCK_AGE_S, clear_stale_build_locks
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    killed, building, fresh = (tmp_path / name / "lock" for name in ("killed", "building", "fresh"))
+    for lock in (killed, building, fresh):
+        lock.parent.mkdir()
+        lock.touch()
+    old = time.time() - 2 * STALE_LOCK_AGE_S
+    for lock in (killed, building):
+        os.utime(lock, (old, old))
+    holder = subprocess.Popen([sys.executable, "-c", f"import os, sys, time; fd = os.open({str(building)!r}, os.O_RDONLY); "
+                               "print(flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        holder.stdout.readline()  # the lock is open
+        with pytest.warns(RuntimeWarning, match="stale build lock"):
+            assert clear_stale_build_locks() == [killed]
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert not killed.exists() and building.exists() and fresh.exists()
+    with pytest.warns(RuntimeWarning, match="stale build lock"):
+        assert clear_stale_build_locks() == [building]  # its holder is gone now
