@@ -31,7 +31,9 @@ Implementations (`selective_scan(..., impl=...)` is the single dispatch models c
 - "cuda": mamba-ssm's `selective_scan_fn`, used by "auto" only when mamba-ssm imports and
   the tensors are on a CUDA device (the `gpu` extra).
 - "triton": the same fused scan as Triton kernels (kernels/selective_scan_triton.py), forward and
-  backward, chunk-start states saved and recomputed inside chunks. "auto" takes it on CUDA when
+  backward; each chunk of 16 steps is one register tile scanned along time with
+  `tl.associative_scan` (backward: recomputed from the saved chunk-start state, then a reverse
+  scan; no scratch memory). "auto" takes it on CUDA when
   mamba-ssm is absent; on CPU tensors it runs only under TRITON_INTERPRET=1 (tests).
 """
 from __future__ import annotations
@@ -433,7 +435,7 @@ def resolve_scan_impl(impl: str, u: torch.Tensor) -> str:
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, impl: str = "auto", chunk_size: Optional[int] = None):
     """The single dispatch point. impl: auto | sequential | chunked | cpp | cuda | triton. `chunk_size`:
-    None or 0 picks it (chunked: from the shapes, `auto_chunk_size`; cpp: 64; triton: ~sqrt(T)).
+    None or 0 picks it (chunked: from the shapes, `auto_chunk_size`; cpp: 64; triton: 16, its most).
     "auto" takes mamba-ssm's CUDA kernel when it imports and `u` is on a CUDA device, else the
     Triton scan when triton imports; on CPU the fused C++ scan when it builds, else the PyTorch
     chunked scan."""

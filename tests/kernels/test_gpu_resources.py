@@ -15,8 +15,6 @@ import pytest
 pytestmark = pytest.mark.slow  # ~70 s: the compiles run in one process per core
 REPO = Path(__file__).resolve().parents[2]
 BOTH = ("sm_80", "sm_90")
-TEXT8_INN = ("inn_text8", "inn_text8_adapters", "inn_text8_dense_20m", "inn_text8_hierarchical", "inn_text8_neuron_conv",
-             "inn_text8_no_comm", "inn_text8_static", "inn_text8_symmetric", "inn_text8_topk")
 # Where today's kernels miss the goal: (kernel, shapes, targets, why). Their rewrite is issue 26's
 # "Build" work; until then this list must match the measurement exactly, so a new failure fails the
 # test and so does a fixed one still listed (remove it then).
@@ -27,9 +25,6 @@ KNOWN_FAILURES = [
     # streamed tiles (D 1728): 255 registers, a few hundred bytes spilled
     ("integrator_bwd", ("inl_1.1b", "scale/inl_1.1b_64xh100", "bench integrator-1728",
                         "bench step: INL 1.1B width, 2 layers"), BOTH, "spills"),
-    # the scan's backward at 128 registers spills a few dozen bytes
-    ("scan_bwd", (*TEXT8_INN, "scale/inn_n1024_hierarchical", "bench scan"), BOTH, "spills"),
-    ("scan_bwd", ("inn_large_n", "mamba_text8", "bench step: INN paper (text8)"), ("sm_80",), "spills"),
     # dense attention's backward without dropout (the bench's; every config trains with dropout)
     ("dense_bwd", ("bench dense-attention",), BOTH, "spills"),
 ]

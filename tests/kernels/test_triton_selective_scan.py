@@ -35,7 +35,7 @@ def _outputs_and_grads(fn, x, softplus, seed=1, **kw):
 
 
 @pytest.mark.parametrize("b,d,t,s,chunk,full", [
-    (1, 5, 300, 4, None, True),  # long: ten chunks of 32, the last partial
+    (1, 5, 300, 4, None, True),  # long: 19 chunks of 16, the last partial
     (2, 33, 37, 16, 8, False),   # channels over one block; no D, z, bias, softplus
     (1, 70, 1, 16, None, True),  # a single step
 ])
