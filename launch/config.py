@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from neurograph.data_pipeline.config import DataConfig
 from neurograph.data_pipeline.manifest import load_manifest
 from neurograph.model import config_fields, model_config_union, model_spec, registered_architectures
+from neurograph.trainer.acceleration import supports_selective
 from neurograph.trainer.config import DeepSpeedConfig, TrackingConfig, TrainerConfig
 
 
@@ -67,6 +68,14 @@ class NeuroGraphConfig(BaseModel):
         if self.launcher.kind == "ray":
             return self.launcher.ray.num_workers
         return self.trainer.num_processes
+
+    @model_validator(mode="after")
+    def _check_trainer_against_model(self) -> "NeuroGraphConfig":
+        if self.trainer.activation_checkpointing == "selective" and not supports_selective(
+                model_spec(self.model.arch).builder):
+            raise _field_error("trainer.activation_checkpointing", f"selective is not supported by model.arch="
+                                                                    f"{self.model.arch}; use none, layers or every_k")
+        return self
 
     @model_validator(mode="after")
     def _check_against_data(self, info: ValidationInfo) -> "NeuroGraphConfig":

@@ -4,8 +4,8 @@
     model states per GPU       bytes per parameter as DeepSpeed's estimators count them (below)
     activations per GPU        the tensors autograd saves in one training forward (+ loss), traced on the
                                meta device at the config's micro-batch and sequence length (so INL's K
-                               iterations and INN's N neurons are included), with and without
-                               activation checkpointing of every block
+                               iterations and INN's N neurons are included): none, every block
+                               checkpointed, and (INL) selective checkpointing of the integrator branches
     largest micro-batch        that fits the GPU's memory (less `headroom`) under the config's ZeRO stage
     time                       steps, wall-clock and GPU-hours for `tokens` at a given (assumed) MFU
     predicted MFU              the roofline of one step on the GPU (launch/roofline.py), per component; for INL
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from neurograph.trainer.acceleration import supports_selective
 
 from .roofline import INTEGRATOR_VARIANTS, Roofline, predict
 
@@ -71,10 +73,13 @@ def flash_attention_accounting():
         F.scaled_dot_product_attention = original
 
 
-def traced_activation_bytes(model_cfg, micro_batch: int, seq_len: int, precision: str) -> dict[str, float]:
+def traced_activation_bytes(model_cfg, micro_batch: int, seq_len: int, precision: str,
+                            selective: bool = False) -> dict[str, float]:
     """Saved-for-backward bytes of one training forward + loss, traced on the meta device:
-    {"per_layer", "rest", "block_input"} (block_input: what a checkpointed block keeps)."""
+    {"per_layer", "rest", "block_input"} (block_input: what a checkpointed block keeps). `selective`: with the
+    modules the family names recomputed (trainer.activation_checkpointing=selective), which keep their inputs."""
     from neurograph.model import build_model, parse_model_config
+    from neurograph.trainer.acceleration import checkpoint_blocks
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     traced = {}
@@ -84,31 +89,61 @@ def traced_activation_bytes(model_cfg, micro_batch: int, seq_len: int, precision
             cfg = dataclasses.replace(cfg, scan_impl="chunked")  # saves what mamba-ssm's kernel saves
         with torch.device("meta"):
             model = build_model(cfg).to(dtype).train()
+        recomputed = []
+        if selective:
+            recomputed, _ = model.selective_checkpointing()
+            checkpoint_blocks(model, "selective")
         ids = torch.zeros(micro_batch, seq_len + 1, dtype=torch.long, device="meta")
-        traced[n_layer] = _saved_bytes(model, ids)
+        traced[n_layer] = _saved_bytes(model, ids, recomputed)
     per_layer = traced[2]["saved"] - traced[1]["saved"]
     return {"per_layer": per_layer, "rest": traced[1]["saved"] - per_layer, "block_input": traced[1]["block_input"]}
 
 
-def _saved_bytes(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, float]:
+def activation_bytes_per_sequence(model_cfg, seq_len: int, precision: str) -> dict[str, float]:
+    """Peak activation bytes of one sequence by checkpointing mode: none, layers (the block inputs, plus one
+    block's saved set alive while its recomputed backward runs) and, where the family has it, selective (the same
+    for the recomputed modules)."""
+    from neurograph.model import build_model
+
+    n = model_cfg.n_layer
+    act = traced_activation_bytes(model_cfg, 1, seq_len, precision)
+    per_sequence = {"none": act["per_layer"] * n + act["rest"],
+                    "layers": act["block_input"] * n + act["per_layer"] + act["rest"]}
+    with torch.device("meta"):
+        family = type(build_model(model_cfg))
+    if supports_selective(family):
+        kept = traced_activation_bytes(model_cfg, 1, seq_len, precision, selective=True)
+        per_sequence["selective"] = kept["per_layer"] * n + kept["rest"] + act["per_layer"] - kept["per_layer"]
+    return per_sequence
+
+
+def _saved_bytes(model: torch.nn.Module, ids: torch.Tensor, recomputed: list = ()) -> dict[str, float]:
+    """Bytes autograd saves (views of one storage once), plus the inputs the `recomputed` (checkpointed) modules keep."""
     from neurograph.trainer.acceleration import block_list
 
-    params = {id(p) for p in model.parameters()}
+    params = {p.untyped_storage()._cdata for p in model.parameters()}  # weights and their views (W^T) are model states
     saved: dict[int, int] = {}
     block_input = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in params:
-            storage = t.untyped_storage()
+        storage = t.untyped_storage()
+        if storage._cdata not in params:
             saved[storage._cdata] = storage.nbytes()  # views of one storage count once
         return t
 
+    def keep_inputs(_, args) -> None:
+        for t in args:
+            if isinstance(t, torch.Tensor):
+                pack(t)
+
     first = block_list(model)[0]
-    hook = first.register_forward_pre_hook(lambda _, args: block_input.append(args[0].nbytes))
+    hooks = [first.register_forward_pre_hook(lambda _, args: block_input.append(args[0].nbytes))]
+    hooks += [m.register_forward_pre_hook(keep_inputs) for m in recomputed]
     with flash_attention_accounting(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         logits = model(ids[:, :-1])
         F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-    hook.remove()
+    for hook in hooks:
+        hook.remove()
     return {"saved": float(sum(saved.values())), "block_input": float(block_input[0])}
 
 
@@ -124,9 +159,9 @@ class Plan:
     micro_batch: int
     seq_len: int
     model_states_gib: dict  # {stage: {params, grads, optimizer, total}}
-    activations_gib: dict  # {"none": ..., "layers": ...} at the micro-batch
-    total_gib: dict  # {"none": ..., "layers": ...} under the config's stage
-    largest_micro_batch: dict  # {"none": ..., "layers": ...}
+    activations_gib: dict  # {"none": ..., "layers": ..., "selective" where the family has it} at the micro-batch
+    total_gib: dict  # the same keys, under the config's stage
+    largest_micro_batch: dict  # the same keys
     tokens: float
     tokens_per_step: int
     steps: int
@@ -157,9 +192,7 @@ def make_plan(model_cfg, trainer_cfg, zero_stage: int, seq_len: int, nodes: int,
     for stage in (0, 1, 2, 3):
         parts = model_state_bytes(params, largest, stage, precision, gpus)
         states[stage] = {k: v / GIB for k, v in {**parts, "total": sum(parts.values())}.items()}
-    act = traced_activation_bytes(model_cfg, 1, seq_len, precision)  # per sequence; linear in the micro-batch
-    per_sample = {"none": act["per_layer"] * model_cfg.n_layer + act["rest"],
-                  "layers": act["block_input"] * model_cfg.n_layer + act["per_layer"] + act["rest"]}
+    per_sample = activation_bytes_per_sequence(model_cfg, seq_len, precision)  # linear in the micro-batch
     capacity = GPU_MEMORY_GIB[gpu] * (1 - headroom) * GIB
     fixed = states[zero_stage]["total"] * GIB
     tokens_per_step = mb * trainer_cfg.grad_accum_steps * gpus * seq_len
@@ -191,7 +224,10 @@ def format_plan(p: Plan) -> str:
     rows += [(f"model states / GPU, ZeRO-{k}",
               f"{v['total']:.2f} GiB (params {v['params']:.2f}, grads {v['grads']:.2f}, optimizer {v['optimizer']:.2f})")
              for k, v in s.items() if k or not p.zero_stage]
-    for mode, label in (("none", "no checkpointing"), ("layers", "checkpointing every block")):
+    for mode, label in (("none", "no checkpointing"), ("layers", "checkpointing every block"),
+                        ("selective", "selective checkpointing")):
+        if mode not in p.activations_gib:
+            continue
         rows.append((f"activations / GPU, {label}",
                      f"{p.activations_gib[mode]:.2f} GiB at micro-batch {p.micro_batch} x {p.seq_len}; "
                      f"total {p.total_gib[mode]:.2f} GiB; largest micro-batch that fits {p.largest_micro_batch[mode]}"))

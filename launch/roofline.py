@@ -208,10 +208,10 @@ def _stand_ins(trace: _Trace, integrator: Optional[str]):
 
 
 @functools.lru_cache(maxsize=64)
-def trace_micro_step(model_cfg, micro_batch: int, seq_len: int, precision: str, checkpointing: bool,
+def trace_micro_step(model_cfg, micro_batch: int, seq_len: int, precision: str, checkpointing: str,
                      integrator: Optional[str] = None) -> collections.Counter:
-    """The kernels of one micro-step of `model_cfg` (every block checkpointed or none), traced on the meta device
-    (cached: do not modify the result)."""
+    """The kernels of one micro-step of `model_cfg` under activation checkpointing `checkpointing` (none, layers:
+    every block, selective), traced on the meta device (cached: do not modify the result)."""
     from neurograph.model import build_model
     from neurograph.trainer.acceleration import checkpoint_blocks
 
@@ -221,8 +221,7 @@ def trace_micro_step(model_cfg, micro_batch: int, seq_len: int, precision: str, 
         model_cfg = dataclasses.replace(model_cfg, checkpoint_layers=False)
     with torch.device("meta"):
         model = build_model(model_cfg).to(torch.bfloat16 if precision == "bf16" else torch.float32).train()
-    if checkpointing:
-        checkpoint_blocks(model, "layers")
+    checkpoint_blocks(model, checkpointing)
     ids = torch.zeros(micro_batch, seq_len + 1, dtype=torch.long, device="meta")
     trace = _Trace(model)
     with _stand_ins(trace, integrator), trace.tracker, trace:
@@ -232,8 +231,9 @@ def trace_micro_step(model_cfg, micro_batch: int, seq_len: int, precision: str, 
 
 
 def recomputed_blocks(n_layer: int, mode: str, every: int) -> int:
-    """Blocks whose forward runs again in backward (trainer/acceleration.py's `checkpoint_blocks`)."""
-    return 0 if mode == "none" else n_layer if mode == "layers" else len(range(0, n_layer, every))
+    """Whole blocks whose forward runs again in backward (trainer/acceleration.py's `checkpoint_blocks`; none under
+    `selective`, which recomputes parts of blocks)."""
+    return n_layer if mode == "layers" else len(range(0, n_layer, every)) if mode == "every_k" else 0
 
 
 def micro_step_costs(model_cfg, micro_batch: int, seq_len: int, precision: str, mode: str = "none", every: int = 1,
@@ -243,7 +243,8 @@ def micro_step_costs(model_cfg, micro_batch: int, seq_len: int, precision: str, 
     n = model_cfg.n_layer
     recomputed = recomputed_blocks(n, mode, every)
     total: collections.Counter = collections.Counter()
-    for checkpointing, blocks in ((False, n - recomputed), (True, recomputed)):
+    parts = ((mode, n),) if mode == "selective" else (("none", n - recomputed), ("layers", recomputed))
+    for checkpointing, blocks in parts:
         if not blocks:
             continue
         one, two = (trace_micro_step(dataclasses.replace(model_cfg, n_layer=k), micro_batch, seq_len, precision,
@@ -301,7 +302,8 @@ def predict(model_cfg, trainer_cfg, seq_len: int, zero_stage: int, nodes: int, g
             components[component][key] += value * count * accum
     optimizer = OPTIMIZER_BYTES[precision] * params / (gpus if zero_stage else 1)
     components["optimizer"].update(bytes=optimizer, seconds=optimizer / hbm)
-    recomputed = recomputed_blocks(model_cfg.n_layer, mode, every) / model_cfg.n_layer
+    recomputed = (model.selective_checkpointing()[1] if mode == "selective"  # of each block's forward
+                  else recomputed_blocks(model_cfg.n_layer, mode, every) / model_cfg.n_layer)
     sent = communication_bytes(params, zero_stage, gpus, accum, precision, recomputed)
     link = (rates["link"] if nodes == 1 else min(rates["link"], INTER_NODE_GB_S)) * 1e9 * LINK_FRACTION
     components["communication"].update(bytes=sent, seconds=sent / link)

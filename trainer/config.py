@@ -40,9 +40,11 @@ class TrainerConfig(_Section):
     seed: int = Field(1234, ge=0, description="seed of the weights, the data order and dropout")
     run_dir: str = Field("runs/default", min_length=1, description="run directory: config.yaml, metrics.jsonl, "
                                                                     "checkpoints/, the MLflow store")
-    activation_checkpointing: Literal["none", "layers", "every_k"] = Field(
-        "none", description="recompute blocks in backward (torch.utils.checkpoint, non-reentrant): every block "
-                            "(layers) or every k-th (every_k, k = activation_checkpointing_every)")
+    activation_checkpointing: Literal["none", "layers", "every_k", "selective"] = Field(
+        "none", description="recompute in backward (torch.utils.checkpoint, non-reentrant): every block (layers), "
+                            "every k-th (every_k, k = activation_checkpointing_every), or in every block only the "
+                            "parts its family names as cheap to recompute and costly to keep (selective; INL: the "
+                            "integrator branch)")
     activation_checkpointing_every: int = Field(2, gt=0, description="k of activation_checkpointing: every_k")
     cpu_allocator: Literal["jemalloc", "system"] = Field(
         "jemalloc", description="memory allocator of CPU training processes (launch/allocator.py): jemalloc, "

@@ -55,6 +55,8 @@ BAD = [
     (["trainer.grad_accum_steps=0"], "trainer.grad_accum_steps", "greater than 0"),
     (["model.n_head=5"], "model", "d_model 32 is not divisible by n_head 5"),
     (["trainer.schedule=linear"], "trainer.schedule", "'cosine', 'onecycle' or 'constant'"),
+    (["trainer.activation_checkpointing=selective"], "trainer.activation_checkpointing",
+     "selective is not supported by model.arch=transformer; use none, layers or every_k"),
 ]
 
 

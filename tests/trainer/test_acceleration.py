@@ -69,6 +69,38 @@ def test_checkpointing_gives_the_eager_loss_and_gradients(family, mode):
     assert checkpointed == sum(c == 2 for c in expected)
 
 
+def test_selective_checkpointing_recomputes_only_the_integrator_branches():
+    """INL under `selective`: the eager loss and gradients; each block's integrator branch runs its forward twice
+    (the shared controller, called once per iteration, twice as often), its attention once; what the forward keeps
+    for backward shrinks to a fraction (the branches' inputs only)."""
+    ids = torch.randint(0, V, (B, T + 1), generator=torch.Generator().manual_seed(0))
+    loss, grads = loss_and_grads(built("inl"), ids)
+    model = built("inl")
+    modules, share = model.selective_checkpointing()
+    assert modules == [blk.integrator for blk in model.blocks] and 0 < share < 1
+    assert checkpoint_blocks(model, "selective") == pytest.approx(len(modules) * share)
+    calls = {"controller": 0, "attn": 0}
+    model.controller.register_forward_hook(lambda *_: calls.__setitem__("controller", calls["controller"] + 1))
+    for blk in model.blocks:
+        blk.attn.register_forward_hook(lambda *_: calls.__setitem__("attn", calls["attn"] + 1))
+    loss_ckpt, grads_ckpt = loss_and_grads(model, ids)
+    assert loss_ckpt == loss
+    for g, g_ckpt in zip(grads, grads_ckpt):
+        torch.testing.assert_close(g_ckpt, g, rtol=1e-5, atol=1e-7)
+    iterations = FAMILIES["inl"]["num_iterations"]
+    assert calls == {"controller": 2 * len(modules) * iterations, "attn": len(modules)}
+
+    def saved_bytes(m: torch.nn.Module) -> int:
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.nbytes) or t, lambda t: t):
+            m(ids[:, :-1])
+        return sum(sizes)
+
+    assert saved_bytes(model) < 0.5 * saved_bytes(built("inl"))
+    with pytest.raises(ValueError, match="selective.*TransformerLM|selective.*names no modules"):
+        checkpoint_blocks(built("transformer"), "selective")
+
+
 def test_inn_checkpoint_layers_maps_to_layers():
     inn = build_model({"vocab_size": V, **FAMILIES["inn"], "checkpoint_layers": True}).cfg
     assert checkpointing_mode(TrainerConfig(), inn) == ("layers", 1)
