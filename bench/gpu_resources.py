@@ -1,6 +1,6 @@
 """Static GPU check on CPU: every Triton kernel compiled ahead of time for sm_80 (A100) and sm_90
 (H100) at the shapes of every shipped config (configs/*.yaml, configs/scale/*.yaml) and of
-bench/kernels.py, without a GPU. Goal per kernel and target: no register spills, shared memory
+bench/kernels.py (its integrator op also at D 256 and 512), without a GPU. Goal per kernel and target: no register spills, shared memory
 within the target's per-block limit.
 
 The launches are recorded, not run: each config's model (Triton impls forced) runs one training
@@ -184,11 +184,14 @@ def bench_shapes():
     spec = importlib.util.spec_from_file_location("bench_kernels", REPO / "bench" / "kernels.py")
     bench = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look it up
     spec.loader.exec_module(bench)
-    for name, make in bench.OPS.items():
+    # the integrator also at the widths between the tiny INL's and the 1.1B's (D is not a constexpr: the
+    # same compiled kernels as at 128 and 1728, listed so that the check names every width it covers)
+    between = {f"integrator D={w}": lambda device, small, w=w: bench.integrator_op(device, small, w) for w in (256, 512)}
+    for name, make in {**{f"bench {k}": v for k, v in bench.OPS.items()}, **between}.items():
         def run(make=make):
             op = make("meta", False)
             bench.forward_backward(op.impls["triton"], op.inputs())
-        yield f"bench {name}", run
+        yield name, run
     for name, cfg, _, on, (batch, seq_len) in bench.training_cases(smoke=False):
         yield f"bench step: {name}", lambda cfg=cfg, on=on, b=batch, t=seq_len: _step(
             _model(dataclasses.replace(cfg, **on), bf16=True), b, t)

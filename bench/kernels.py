@@ -75,9 +75,9 @@ def scan_op(device, small: bool) -> Op:
 
 
 def integrator_op(device, small: bool, width: int) -> Op:
-    """K iterations over 8 x 1024 tokens at INL's tiny width (128: the state stays on chip) or the 1.1B's
-    (1728: streamed tiles; see kernels/integrator_triton.py)."""
-    n, d, r, k = (24, min(width, 300), 16, 3) if small else (8 * 1024, width, 64, 5)  # smoke: both forms too
+    """K iterations over 8 x 1024 tokens at INL's tiny width (128) or the 1.1B's (1728), fp32 (the kernel's
+    dots at tf32x3; see kernels/integrator_triton.py)."""
+    n, d, r, k = (24, min(width, 300), 16, 3) if small else (8 * 1024, width, 64, 5)  # smoke: D over several tiles
 
     def inputs():
         rnd = lambda *shape, std=1.0: torch.randn(*shape, device=device) * std  # noqa: E731

@@ -20,8 +20,9 @@ TRITON_INTERPRET=1), "reference" as the PyTorch loop below, "compiled" as that s
 `torch.compile(fullgraph=True)`: all K iterations and the gating one graph (a graph break is an
 error), compiled once per configuration with the token dimension dynamic. "auto" takes "compiled"
 on CUDA tensors, the loop elsewhere: on an H200 the kernel measured 0.29x (D 128) and 0.67x (D 1728)
-the eager loop's speed, and a training step of the 1.1B's width 0.74x (BENCHMARKS.md, 2026-11-30), so
-it stays opt-in until it beats the compiled loop; on CPU the compiled loop is not measured faster and
+the eager loop's speed, and a training step of the 1.1B's width 0.74x (BENCHMARKS.md, 2026-11-30; the
+kernel before its issue-26 rewrite, which is not measured on a GPU yet), so it stays opt-in until it
+beats the compiled loop; on CPU the compiled loop is not measured faster and
 costs seconds of compilation per graph.
 
 Analysis helpers for the linear (frozen-parameter) dynamics live here too: with constant
