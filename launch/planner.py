@@ -9,7 +9,7 @@
     largest micro-batch        that fits the GPU's memory (less `headroom`) under the config's ZeRO stage
     time                       steps, wall-clock and GPU-hours for `tokens` at a given (assumed) MFU
     predicted MFU              the roofline of one step on the GPU (launch/roofline.py), per component; for INL
-                               also for each integrator variant (loop, compiled, fused, triton-v1)
+                               also for each integrator variant (loop, compiled, fused, triton, triton-v1)
     checkpoint                 DeepSpeed checkpoint on disk: 16-bit weights + fp32 master and Adam states
 
 Model states, bf16 (bytes per parameter; P parameters, G GPUs, L the largest layer's parameters):

@@ -22,7 +22,12 @@ Integrator variants (INL; `INTEGRATOR_IMPLS` maps `integrator_impl` to one):
     fused      one kernel per layer (the redesigned Triton kernel's goal): tensor-core dots, weights and state on chip;
                forward reads z0, ctx, the mask and writes z_K; backward recomputes on chip, reads those and dz_K,
                writes dz0, dctx and the weight gradients
-    triton-v1  kernels/integrator_triton.py as measured on an H200 (fp32 dots on FMA units): the fused variant's
+    triton     kernels/integrator_triton.py since 2026-12-07 (unmeasured): the fused variant's tensor-core dots, plus
+               the HBM traffic of its design: forward writes every iterate z_k, v_k and pre_k, backward reads them,
+               writes dLoss/draw [K, N, 4D], and the host's weight-gradient matmuls read graw, relu(pre) and the
+               iterates (the state between passes stays in L2); its dots at the matmul rate, an upper bound for
+               16-token tiles
+    triton-v1  that file as measured on an H200 before its rewrite (fp32 dots on FMA units): the fused variant's
                FLOPs at the share of the fp32 peak the op bench measured (~10%), calibrated from TRITON_V1_MEASURED
 """
 from __future__ import annotations
@@ -63,8 +68,8 @@ COMPILED_KERNELS = (5, 9)  # kernels per iteration: forward 2 mm, add + relu, ad
 # 2026-11-30): seconds, tokens N, D, r, K, the fp32 peak TFLOP/s it ran against.
 TRITON_V1_MEASURED = (30.54e-3, 8192, 1728, 64, 5, 67.0)
 
-INTEGRATOR_VARIANTS = ("loop", "compiled", "fused", "triton-v1")
-INTEGRATOR_IMPLS = {"reference": "loop", "auto": "compiled", "compiled": "compiled", "triton": "triton-v1"}
+INTEGRATOR_VARIANTS = ("loop", "compiled", "fused", "triton", "triton-v1")
+INTEGRATOR_IMPLS = {"reference": "loop", "auto": "compiled", "compiled": "compiled", "triton": "triton"}
 COMPONENTS = ("matmuls", "attention", "integrator", "scan", "elementwise", "optimizer", "communication")
 FREE_OPS = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.empty_strided, torch.ops.aten.new_empty,
             torch.ops.aten._unsafe_view}
@@ -169,7 +174,7 @@ def _scan(trace: _Trace, u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 
 def _integrator(trace: _Trace, variant: str, z0, ctx, wz, wv, wout, bout, scale, shift, mu, dt, K, impl=None,
                 mask=None, waves=None) -> torch.Tensor:
-    """K iterations of one layer as `variant` (compiled, fused, triton-v1) runs them."""
+    """K iterations of one layer as `variant` (compiled, fused, triton, triton-v1) runs them."""
     n, d = z0.shape
     flops = integrator_flops(n, d, ctx.shape[1], K)
     if variant == "compiled":
@@ -177,10 +182,15 @@ def _integrator(trace: _Trace, variant: str, z0, ctx, wz, wv, wout, bout, scale,
         fwd = ("integrator", "matmul", flops, COMPILED_VALUES[0] * values, COMPILED_KERNELS[0] * K)
         bwd = ("integrator", "matmul", 2 * flops, COMPILED_VALUES[1] * values, COMPILED_KERNELS[1] * K)
     else:
-        rate = "matmul" if variant == "fused" else "triton-v1"
+        rate = "triton-v1" if variant == "triton-v1" else "matmul"
         state, weights = _nbytes(z0) + _nbytes(ctx) + _nbytes(mask), sum(map(_nbytes, (wz, wv, wout, bout)))
-        fwd = ("integrator", rate, flops, state + weights + _nbytes(z0), 1)
-        bwd = ("integrator", rate, 3 * flops, state + 2 * weights + 2 * _nbytes(z0) + _nbytes(ctx), 1)
+        fwd_io, bwd_io = state + weights + _nbytes(z0), state + 2 * weights + 2 * _nbytes(z0) + _nbytes(ctx)
+        if variant == "triton":  # iterates z_k, v_k (K + 1 each) and pre_k; graw [K, N, 4D] written, then read
+            saved = 2 * (K + 1) * _nbytes(z0) + K * _nbytes(ctx)
+            fwd_io += saved
+            bwd_io += 2 * saved + 2 * 4 * K * _nbytes(z0)  # the kernel and the host's matmuls read the saved set
+        fwd = ("integrator", rate, flops, fwd_io, 1)
+        bwd = ("integrator", rate, 3 * flops, bwd_io, 1)
     return _Fused.apply(trace, fwd, bwd, z0, ctx, wz, wv, wout, bout, scale, shift, mu, mask, waves)
 
 

@@ -39,7 +39,7 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
                     "checkpointing, the largest micro-batch that fits, steps, wall-clock and GPU-hours for a "
                     "token budget, the checkpoint size, and a roofline of one step on the GPU (FLOPs and bytes counted "
                     "per component: matmuls, attention, integrator, scan, elementwise, optimizer, communication) with "
-                    "its predicted MFU (for INL also per integrator variant: loop, compiled, fused, triton-v1). Builds "
+                    "its predicted MFU (for INL also per integrator variant: loop, compiled, fused, triton, triton-v1). Builds "
                     "the model on the meta device only.",
         epilog="example: neurograph plan --config configs/inl_1.1b.yaml --nodes 8 --gpus-per-node 8 --gpu h100 "
                "--tokens 20e9 --mfu 0.4")

@@ -179,8 +179,15 @@ def test_1_1b_inl_reaches_40_percent_mfu_on_an_h100_with_the_fused_integrator(pa
     not fit without): ~1 point under no recomputation, where checkpointing every block (the forward's matmuls twice)
     costs ~10."""
     model_cfg, trainer, seq, _ = _shipped(path, activation_checkpointing="none")
-    by = {v: predict(model_cfg, trainer, seq, 0, 1, 1, "h100", v) for v in ("loop", "fused")}
+    by = {v: predict(model_cfg, trainer, seq, 0, 1, 1, "h100", v) for v in ("loop", "fused", "triton")}
     assert by["fused"].predicted_mfu >= 0.40 > 0.20 > by["loop"].predicted_mfu
+    # today's kernel: the fused variant's dots plus its saved iterates and pre_k (written, then read by the kernel
+    # and the host's matmuls) and graw [K, N, 4D] (written, then read), per layer and micro-step, in bf16
+    n, d, r, k = trainer.micro_batch_size * seq, model_cfg.d_model, model_cfg.controller_rank, model_cfg.num_iterations
+    saved = 2 * (2 * (k + 1) * n * d + k * n * r)
+    extra = (3 * saved + 2 * 4 * k * 2 * n * d) * model_cfg.n_layer * trainer.grad_accum_steps
+    assert by["triton"].components["integrator"]["bytes"] - by["fused"].components["integrator"]["bytes"] == extra
+    assert by["loop"].predicted_mfu < by["triton"].predicted_mfu < by["fused"].predicted_mfu
     tokens = trainer.micro_batch_size * seq * trainer.grad_accum_steps * model_cfg.n_layer
     assert by["loop"].components["integrator"]["bytes"] / tokens / 2**20 == pytest.approx(3.5, abs=0.1)
     assert by["fused"].components["matmuls"]["seconds"] > by["fused"].step_seconds / 2
