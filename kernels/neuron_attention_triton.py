@@ -225,7 +225,7 @@ class TritonNeuronAttention(torch.autograd.Function):
         M, N, H, hd = q.shape
         dq, dk, dv = (torch.empty(M, N, H, hd, device=q.device, dtype=x.dtype) for x in (q, k, v))
         _dense_bwd_kernel[(M * H,)](q, k, v, o, do, lse, dq, dk, dv, N, H, hd, 1.0 / math.sqrt(hd),
-                                    *_strides(q, k, v, do), **ctx.blocks)
+                                    *_strides(q, k, v, do), **ctx.blocks, num_warps=8)
         return dq, dk, dv, None, None
 
 

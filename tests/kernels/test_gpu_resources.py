@@ -15,13 +15,9 @@ import pytest
 pytestmark = pytest.mark.slow  # ~70 s: the compiles run in one process per core
 REPO = Path(__file__).resolve().parents[2]
 BOTH = ("sm_80", "sm_90")
-# Where today's kernels miss the goal: (kernel, shapes, targets, why). Their rewrite is issue 26's
-# "Build" work; until then this list must match the measurement exactly, so a new failure fails the
-# test and so does a fixed one still listed (remove it then).
-KNOWN_FAILURES = [
-    # dense attention's backward without dropout (the bench's; every config trains with dropout)
-    ("dense_bwd", ("bench dense-attention",), BOTH, "spills"),
-]
+# Where the kernels miss the goal: (kernel, shapes, targets, why). None since issue 26's rewrites; the list must
+# match the measurement exactly, so a new failure fails the test, and so does a listed one that disappears.
+KNOWN_FAILURES: list[tuple[str, tuple[str, ...], tuple[str, ...], str]] = []
 
 
 @pytest.fixture(scope="module")

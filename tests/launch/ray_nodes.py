@@ -114,21 +114,45 @@ class RayCluster:
     """A head node (resource head_node) and a second node (resource second_node); `api` is the job
     API's address, `gcs` the address nodes join."""
 
-    def __init__(self, logs: Path):
+    def __init__(self, logs: Path, attempts: int = 3):
+        """Start the head, then the second node. The head's raylet, like any node's, gets 30 s to register with
+        the GCS (Ray's constant), which a loaded machine can miss: the head is started again then."""
         self.logs, self.temp = logs, tempfile.mkdtemp(prefix="ngray")  # Ray's unix socket paths must fit 107 chars
-        self.last_ip = 1
-        port, dashboard = free_port(), free_port()
-        self.api, self.gcs = f"http://127.0.0.1:{dashboard}", f"127.0.0.2:{port}"
-        self.nodes = [Node(logs / "head.log", self.next_ip(), "--head", "--port", str(port),
-                           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-                           "--ray-client-server-port", str(free_port()), "--resources", '{"head_node": 1}',
-                           "--temp-dir", self.temp)]
+        self.last_ip, self.nodes = 2, []
         try:
-            wait_http(f"{self.api}/api/version", 120)
+            for attempt in range(attempts):
+                port, dashboard = free_port(), free_port()
+                self.api, self.gcs = f"http://127.0.0.1:{dashboard}", f"127.0.0.2:{port}"
+                head = Node(logs / f"head{attempt}.log", "127.0.0.2", "--head", "--port", str(port),
+                            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+                            "--ray-client-server-port", str(free_port()), "--resources", '{"head_node": 1}',
+                            "--temp-dir", self.temp)
+                self.nodes = [head]
+                if self._registered(head):
+                    break
+                head.stop()
+            else:
+                raise AssertionError(f"the head node did not start in {attempts} attempts: "
+                                     f"{(logs / f'head{attempts - 1}.log').read_text()[-3000:]}")
             self.join("second_node")
         except BaseException:
             self.stop()
             raise
+
+    def _registered(self, head: Node, timeout: float = 240) -> bool:
+        """Whether the head came up (its dashboard answers and the GCS lists it alive); False when its process
+        ended first."""
+        deadline = time.monotonic() + timeout
+        while head.proc.poll() is None:
+            assert time.monotonic() < deadline, f"the head node did not come up in {timeout} s"
+            try:
+                wait_http(f"{self.api}/api/version", 5)
+                if self.alive():
+                    return True
+            except (TimeoutError, AssertionError):  # not answering yet, or its process is ending
+                pass
+            time.sleep(1)
+        return False
 
     def next_ip(self) -> str:
         self.last_ip += 1
@@ -144,11 +168,15 @@ class RayCluster:
             ip = self.next_ip()
             node = Node(self.logs / f"{ip}.log", ip, *args, env=env)
             deadline = time.monotonic() + 120
-            while node.proc.poll() is None and time.monotonic() < deadline:
-                if len(self.alive()) == expect:
-                    self.nodes.append(node)
-                    return node
-                time.sleep(1)
+            try:
+                while node.proc.poll() is None and time.monotonic() < deadline:
+                    if len(self.alive()) == expect:
+                        self.nodes.append(node)
+                        return node
+                    time.sleep(1)
+            except BaseException:  # not one of self.nodes yet: stop() would leave it running
+                node.stop()
+                raise
             node.stop()
         raise AssertionError(f"no node joined in {attempts} attempts: {(self.logs / f'{ip}.log').read_text()[-3000:]}")
 
@@ -171,9 +199,16 @@ class RayCluster:
         ips = {n["node_ip"] for n in self.alive().values() if resource in n["resources_total"]}
         return next(node for node in self.nodes if node.ip in ips)
 
-    def list(self, what: str) -> list[dict]:
-        out = subprocess.run([str(BIN / "ray"), "list", what, "--address", self.api, "--format", "json", "--detail",
-                              "--limit", "1000"], env=ray_env(), capture_output=True, text=True, timeout=120)
+    def list(self, what: str, attempts: int = 6) -> list[dict]:
+        """Ray's state API records of `what`. Its server answers some seconds after the dashboard's /api/version
+        does, later still on a loaded machine (two test workers on two cores): a refused request is retried."""
+        for attempt in range(attempts):
+            out = subprocess.run([str(BIN / "ray"), "list", what, "--address", self.api, "--format", "json",
+                                  "--detail", "--limit", "1000"], env=ray_env(), capture_output=True, text=True,
+                                 timeout=120)
+            if out.returncode == 0 or "Failed to connect to API server" not in out.stderr:
+                break
+            time.sleep(5)
         assert out.returncode == 0, out.stderr[-3000:]
         if not out.stdout.lstrip().startswith("["):  # "No resource in the cluster" while nodes register
             return []
