@@ -9,6 +9,7 @@ how a signalled run stops is `GracefulStop`'s, where records go is `MetricsFile`
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
@@ -46,7 +47,11 @@ def setup_distributed() -> tuple[int, int]:
     """Join the process group (gloo on CPU, NCCL on GPU) set up by the launcher's env vars."""
     import deepspeed
 
-    clear_stale_build_locks()  # DeepSpeed JIT-builds its ops (on CPU: the shm all-reduce) through the same lock
+    # On CPU DeepSpeed's communication backend probes every op builder (compiler subprocesses) and JIT-builds its
+    # shared-memory all-reduce (~25 s of C++ the first time, then a ninja check per rank) for
+    # `inference_all_reduce` alone: training's collectives go through torch.distributed. Not built here.
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # (deepspeed.comm.torch is torch)
+    clear_stale_build_locks()  # a killed build of our C++ kernels would otherwise leave its lock behind
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():

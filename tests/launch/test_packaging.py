@@ -172,14 +172,17 @@ def test_wheel_installs_and_runs_the_demo(tmp_path):
         assert Path(kernels).resolve() == (site / "kernels" / "__init__.py").resolve() and get_kernel == "True"
 
         # the demo as shipped (2 processes, MLflow on), cut to 3 steps of a 1-layer model. Its own
-        # TORCH_EXTENSIONS_DIR: DeepSpeed's shm op built against this venv's torch headers would otherwise
-        # replace the checkout's build in the shared cache, and the next test would build it again (~25 s)
+        # TORCH_EXTENSIONS_DIR, empty: the C++ kernels built against this venv's torch headers would otherwise
+        # replace the checkout's builds in the shared cache. DeepSpeed's shared-memory all-reduce (inference only;
+        # ~25 s of C++) is not built for training (trainer.setup_distributed)
+        extensions = tmp_path / "torch_extensions"
         demo = subprocess.run([str(venv / "bin" / "neurograph"), "demo", "--run-root", str(home / "demo"),
                                "trainer.max_steps=3", "trainer.log_every=1", "trainer.eval_every=0",
                                "trainer.eval_batches=2", "model.n_layer=1"],
-                              cwd=home, env={**clean_env(), "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")},
+                              cwd=home, env={**clean_env(), "TORCH_EXTENSIONS_DIR": str(extensions)},
                               capture_output=True, text=True, timeout=900)
         assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-4000:]
+        assert not list(extensions.glob("deepspeed_*")), sorted(extensions.iterdir())
         assert "demo finished" in demo.stdout, demo.stdout[-2000:]
         checkpoints = home / "demo" / "run" / "checkpoints"
         assert (checkpoints / "latest").read_text().strip() == tag_for(3)
