@@ -17,6 +17,7 @@ own fused dropout there): on an H200 the dense Triton kernel ran at 0.78x eager 
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 

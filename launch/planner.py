@@ -103,15 +103,13 @@ def activation_bytes_per_sequence(model_cfg, seq_len: int, precision: str) -> di
     """Peak activation bytes of one sequence by checkpointing mode: none, layers (the block inputs, plus one
     block's saved set alive while its recomputed backward runs) and, where the family has it, selective (the same
     for the recomputed modules)."""
-    from neurograph.model import build_model
+    from neurograph.model import model_spec
 
     n = model_cfg.n_layer
     act = traced_activation_bytes(model_cfg, 1, seq_len, precision)
     per_sequence = {"none": act["per_layer"] * n + act["rest"],
                     "layers": act["block_input"] * n + act["per_layer"] + act["rest"]}
-    with torch.device("meta"):
-        family = type(build_model(model_cfg))
-    if supports_selective(family):
+    if supports_selective(model_spec(model_cfg.arch).builder):
         kept = traced_activation_bytes(model_cfg, 1, seq_len, precision, selective=True)
         per_sequence["selective"] = kept["per_layer"] * n + kept["rest"] + act["per_layer"] - kept["per_layer"]
     return per_sequence
