@@ -47,9 +47,9 @@ def setup_distributed() -> tuple[int, int]:
     """Join the process group (gloo on CPU, NCCL on GPU) set up by the launcher's env vars."""
     import deepspeed
 
-    # On CPU DeepSpeed's communication backend probes every op builder (compiler subprocesses) and JIT-builds its
-    # shared-memory all-reduce (~25 s of C++ the first time, then a ninja check per rank) for
-    # `inference_all_reduce` alone: training's collectives go through torch.distributed. Not built here.
+    # On CPU DeepSpeed's communication backend JIT-builds its shared-memory all-reduce (~34 s before the first step
+    # of a new machine, then a ninja check per rank) for `inference_all_reduce` alone: training's collectives go
+    # through torch.distributed. Not built here.
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # (deepspeed.comm.torch is torch)
     clear_stale_build_locks()  # a killed build of our C++ kernels would otherwise leave its lock behind
     if not dist.is_initialized():
