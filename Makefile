@@ -50,14 +50,14 @@ jemalloc:
 demo: install
 	$(VENV)/bin/neurograph demo
 
-# Two pytest-xdist workers (the machine's 2 cores; TEST_WORKERS=0 runs in this process): tests/conftest.py
-# keeps each file, and the tests on the session's Ray cluster, in one worker.
+# Two pytest-xdist workers (the machine's 2 cores; TEST_WORKERS=0 runs in this process), each file whole in one
+# worker, in collection order; tests/conftest.py puts the Ray cluster's file first.
 TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 test-fast: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" tests
 
 bench: install  # the CPU goal tables of BENCHMARKS.md (the INN paper's comparison: docs/results/inn_paper)
 	OMP_NUM_THREADS=2 $(PY) bench/inn.py

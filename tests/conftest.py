@@ -40,13 +40,10 @@ def char_data(tmp_path_factory) -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """`make test` runs the suite in two pytest-xdist workers (`--dist loadgroup`): every test file is
-    one group, run whole by one worker, so its module fixtures are set up once; the tests on the
-    session's Ray cluster (tests/launch/conftest.py) are one group, run first, so one cluster starts
-    and the longest group does not end the run alone."""
-    def group(item) -> str:
-        return "ray-cluster" if "ray_cluster" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
-
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    items.sort(key=lambda item: group(item) != "ray-cluster")  # stable: files keep their order
+    """`make test` runs the suite in two pytest-xdist workers (`--dist loadfile --no-loadscope-reorder`:
+    each file whole in one worker, so its module fixtures are set up once, files in this order). The Ray
+    cluster's file goes first, then the files with slow tests, then the rest: short files fill the end, so
+    neither worker ends the run alone for long."""
+    ray = {item.path for item in items if "ray_cluster" in getattr(item, "fixturenames", ())}
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (item.path not in ray, item.path not in slow))  # stable within each class

@@ -1,6 +1,6 @@
 """A real multi-node Ray cluster on one box, for the tests: `ray start --block` nodes on their own
 loopback addresses (127.0.0.2, .3, ...) with their own ports and, where asked, a custom resource
-naming them. One cluster serves the whole session (tests/launch/conftest.py); tests add and
+naming them. One cluster serves the tests of tests/launch/test_ray_cluster.py; they add and
 remove nodes on it.
 
 Every Ray process runs in its node's own session and is ended by process group (never `ray stop`,
@@ -192,27 +192,26 @@ class RayCluster:
 
     def alive(self) -> dict[str, dict]:
         """node id -> Ray's record of each alive node (node_ip, resources_total, ...)."""
-        return {n["node_id"]: n for n in self.list("nodes") if n["state"] == "ALIVE"}
+        return {n["node_id"]: n for n in self.nodes_listed() if n["state"] == "ALIVE"}
 
     def node_with(self, resource: str) -> Node:
         """The alive node that has this custom resource."""
         ips = {n["node_ip"] for n in self.alive().values() if resource in n["resources_total"]}
         return next(node for node in self.nodes if node.ip in ips)
 
-    def list(self, what: str, attempts: int = 6) -> list[dict]:
-        """Ray's state API records of `what`. Its server answers some seconds after the dashboard's /api/version
-        does, later still on a loaded machine (two test workers on two cores): a refused request is retried."""
-        for attempt in range(attempts):
-            out = subprocess.run([str(BIN / "ray"), "list", what, "--address", self.api, "--format", "json",
-                                  "--detail", "--limit", "1000"], env=ray_env(), capture_output=True, text=True,
-                                 timeout=120)
-            if out.returncode == 0 or "Failed to connect to API server" not in out.stderr:
-                break
-            time.sleep(5)
-        assert out.returncode == 0, out.stderr[-3000:]
-        if not out.stdout.lstrip().startswith("["):  # "No resource in the cluster" while nodes register
-            return []
-        return json.loads(out.stdout)
+    def nodes_listed(self, timeout: float = 120) -> list[dict]:
+        """Ray's state API records of the nodes, asked over HTTP (what `ray list nodes` asks; polling with that
+        command started a Python importing Ray every second, the CPU a starting raylet needs on a loaded
+        machine). The API answers some seconds after the dashboard's /api/version does: until then it is
+        asked again."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.api}/api/v0/nodes?limit=1000&detail=true", timeout=30) as reply:
+                    return json.load(reply)["data"]["result"]["result"]
+            except OSError as error:  # refused, or an HTTP error while the API comes up
+                assert time.monotonic() < deadline, f"Ray's state API did not answer in {timeout} s: {error}"
+                time.sleep(2)
 
     def job_env(self) -> dict[str, str]:
         """The environment of `ray job submit` to this cluster."""

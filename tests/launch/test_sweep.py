@@ -22,6 +22,7 @@ import yaml
 
 from neurograph.launch.config import ConfigError
 from neurograph.launch.experiments.sweep import plan_sweep
+from tests.trainer.runs import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -48,10 +49,6 @@ def sweep_command(configs: list[str], out: Path) -> list[str]:
             "--budget-tokens", str(STEPS * 4 * 64), "--out", str(out)]
 
 
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, char_data) -> dict:
     """The sweep stopped during its third run and run again; what the test needs to see of both."""
@@ -69,7 +66,7 @@ def sweep(tmp_path_factory, char_data) -> dict:
     finished_first = out / "lstm_tiny" / "seed0"
     before = {"state": state, "finished_metrics": (finished_first / "metrics.jsonl").read_bytes(),
               "run_ids": {p: (p / "mlflow_run_id").read_text() for p in (finished_first, interrupted)},
-              "interrupted_steps": [r["step"] for r in records(interrupted)]}
+              "interrupted_steps": [r["step"] for r in read_metrics(interrupted)]}
     again = subprocess.run(sweep_command(configs, out), capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     return {"out": out, "before": before, "first_output": first_output, "output": again.stdout + again.stderr,
@@ -85,7 +82,7 @@ def test_a_restarted_sweep_keeps_finished_runs_and_resumes_the_interrupted_one(s
     assert "2 of 4 runs to train" in sweep["output"]
     finished, interrupted = out / "lstm_tiny" / "seed0", out / "lstm_tiny" / "seed1"
     assert (finished / "metrics.jsonl").read_bytes() == before["finished_metrics"]  # not trained again
-    assert [r["step"] for r in records(interrupted)] == list(range(1, STEPS + 1))  # resumed, every step once
+    assert [r["step"] for r in read_metrics(interrupted)] == list(range(1, STEPS + 1))  # resumed, every step once
     assert (interrupted / "mlflow_run_id").read_text() == before["run_ids"][interrupted]  # the same MLflow run
     state = json.loads((out / "sweep.json").read_text())
     assert {r["status"] for r in state["runs"]} == {"finished"}
@@ -106,7 +103,7 @@ def test_report_from_the_mlflow_runs(sweep, tmp_path):
     assert cli.main(["report", "--experiment", "out", "--tracking-uri", sweep["uri"], "--out", str(report_dir),
                      "--compare", "transformer_tiny", "lstm_tiny"]) == 0
     text = (report_dir / "report.md").read_text()
-    finals = {name: [records(sweep["out"] / name / f"seed{s}")[-1]["val/bpc"] for s in range(SEEDS)] for name in MODELS}
+    finals = {name: [read_metrics(sweep["out"] / name / f"seed{s}")[-1]["val/bpc"] for s in range(SEEDS)] for name in MODELS}
     for name, values in finals.items():
         row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
         cells = [c.strip() for c in row.split("|")[1:-1]]
@@ -147,37 +144,3 @@ def test_training_clock_leaves_out_time_stopped():
     points = [Metric("train/loss", 1.0, ms, step) for step, ms in ((1, 0), (2, 1000), (3, 2000), (4, 100_000),
                                                                    (5, 101_000))]
     assert training_clock(reversed(points)) == {1: 0.0, 2: 1.0, 3: 2.0, 4: 3.0, 5: 4.0}
-
-
-def test_sweep_as_ray_tasks_with_a_time_budget(ray_cluster, tmp_path, char_data):
-    """`neurograph sweep --ray auto --budget-minutes M` submitted as a Ray job: the two runs train at
-    once, as Ray tasks of one CPU each (one per node), each stopped by SIGTERM at its deadline after
-    checkpointing its step: both end as "budget" in sweep.json and in MLflow."""
-    from mlflow.tracking import MlflowClient
-
-    from tests.launch.ray_nodes import BIN
-
-    budget_s, out = 30, tmp_path / "out"
-    cmd = [str(BIN / "ray"), "job", "submit", "--", "neurograph", "sweep", "--configs",
-           *write_configs(tmp_path, char_data), "--seeds", "1", "--budget-minutes", str(budget_s / 60),
-           "--set", "trainer.max_steps=100000", "--ray", "auto", "--out", str(out)]
-    proc = subprocess.run(cmd, env=ray_cluster.job_env(), capture_output=True, text=True, timeout=600)
-    output = proc.stdout + proc.stderr
-    (tmp_path / "job.log").write_text(output)  # whole, for a failure's post-mortem
-    assert proc.returncode == 0 and "succeeded" in output, output[-6000:]
-    runs = json.loads((out / "sweep.json").read_text())["runs"]
-    assert [r["status"] for r in runs] == ["budget", "budget"], output[-6000:]
-    for run in runs:
-        assert budget_s <= run["wall_s"] < budget_s + 30, run
-        steps = [r["step"] for r in records(Path(run["run_dir"]))]
-        assert 0 < steps[-1] < 100000 and (Path(run["run_dir"]) / "checkpoints" / f"step_{steps[-1]:08d}").is_dir()
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    mlflow_runs = client.search_runs([client.get_experiment_by_name("out").experiment_id])
-    assert sorted(r.data.tags["sweep.status"] for r in mlflow_runs) == ["budget", "budget"]
-    assert {r.data.tags["sweep.budget"] for r in mlflow_runs} == {f"{budget_s / 60} minutes"}
-    # trained at the same time: each run's process wrote its config.yaml before either wrote its last metrics
-    # (MLflow's start times are no proof: on a loaded machine a run may reach its first logged step only after
-    # the other's deadline)
-    starts = [(Path(r["run_dir"]) / "config.yaml").stat().st_mtime for r in runs]
-    ends = [(Path(r["run_dir"]) / "metrics.jsonl").stat().st_mtime for r in runs]
-    assert max(starts) < min(ends), (starts, ends)

@@ -5,7 +5,6 @@ artifacts on a machine that has none of the run's files (`--resume-from mlflow:R
 One server for the module, in its own session, ended by process group at teardown."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .runs import TINY_TRANSFORMER, running, seed_mlflow_store, wait_for
+from .runs import TINY_TRANSFORMER, read_metrics, running, seed_mlflow_store, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -115,10 +114,6 @@ def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def steps_written(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     return path.read_text().count("\n") if path.exists() else 0
@@ -156,7 +151,7 @@ def test_resume_from_mlflow_on_a_machine_without_the_files(mlflow_server, tmp_pa
     common = ("trainer.num_processes=2", "deepspeed.zero_stage=2", "trainer.checkpoint_every=4")
     full = write_config(tmp_path, char_data, "full", mlflow_server.uri)
     run_cli(full, *common)
-    expected = [r["train/loss"] for r in records(tmp_path / "full")]
+    expected = [r["train/loss"] for r in read_metrics(tmp_path / "full")]
 
     config = write_config(tmp_path, char_data, "stopped", mlflow_server.uri, checkpoint_artifacts_every=2)
     run_dir = tmp_path / "stopped"
@@ -166,7 +161,7 @@ def test_resume_from_mlflow_on_a_machine_without_the_files(mlflow_server, tmp_pa
 
     proc = run_cli(config, *common, "--resume-from", f"mlflow:{run_id}")
     assert "downloaded checkpoint step_00000008" in proc.stderr + proc.stdout
-    resumed = records(run_dir)
+    resumed = read_metrics(run_dir)
     assert [r["step"] for r in resumed] == list(range(9, 17))
     assert max(abs(r["train/loss"] - expected[r["step"] - 1]) for r in resumed) < 1e-6
     assert (run_dir / "mlflow_run_id").read_text() == run_id  # the same MLflow run continued
