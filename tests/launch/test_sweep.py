@@ -103,7 +103,8 @@ def test_report_from_the_mlflow_runs(sweep, tmp_path):
     assert cli.main(["report", "--experiment", "out", "--tracking-uri", sweep["uri"], "--out", str(report_dir),
                      "--compare", "transformer_tiny", "lstm_tiny"]) == 0
     text = (report_dir / "report.md").read_text()
-    finals = {name: [read_metrics(sweep["out"] / name / f"seed{s}")[-1]["val/bpc"] for s in range(SEEDS)] for name in MODELS}
+    finals = {name: [read_metrics(sweep["out"] / name / f"seed{s}")[-1]["val/bpc"] for s in range(SEEDS)]
+              for name in MODELS}
     for name, values in finals.items():
         row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
         cells = [c.strip() for c in row.split("|")[1:-1]]
