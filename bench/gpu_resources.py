@@ -42,7 +42,9 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
-from neurograph.kernels import integrator_triton, neuron_attention_triton, selective_scan_triton  # noqa: E402
+from neurograph.kernels.integrator import triton as integrator_triton  # noqa: E402
+from neurograph.kernels.neuron_attention import triton as neuron_attention_triton  # noqa: E402
+from neurograph.kernels.selective_scan import triton as selective_scan_triton  # noqa: E402
 from neurograph.launch.config import load_config  # noqa: E402
 from neurograph.model import model_spec  # noqa: E402
 

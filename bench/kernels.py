@@ -76,7 +76,7 @@ def scan_op(device, small: bool) -> Op:
 
 def integrator_op(device, small: bool, width: int) -> Op:
     """K iterations over 8 x 1024 tokens at INL's tiny width (128) or the 1.1B's (1728), fp32 (the kernel's
-    dots at tf32x3; see kernels/integrator_triton.py)."""
+    dots at tf32x3; see kernels/integrator/triton.py)."""
     n, d, r, k = (24, min(width, 300), 16, 3) if small else (8 * 1024, width, 64, 5)  # smoke: D over several tiles
 
     def inputs():

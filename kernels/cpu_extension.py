@@ -1,8 +1,9 @@
 """JIT-built C++ CPU kernels (torch.utils.cpp_extension): one loader shared by every op.
 
-Each source in kernels/ builds on first use (a C++ compiler and ninja; tens of seconds once, then
-cached by torch in ~/.cache/torch_extensions; concurrent processes wait on torch's build lock).
-A build is named after the source's path and content (with the shared headers kernels/*.h), so
+Each op's source, kernels/<op>/cpu.cpp, builds on first use (a C++ compiler and ninja; tens of seconds
+once, then cached by torch in ~/.cache/torch_extensions; concurrent processes wait on torch's build
+lock); it includes the shared headers of kernels/ (cpu_math.h). A build is named after the op, the
+source's path and content and those headers, so
 checkouts and edited copies each keep their own build instead of rebuilding one shared folder in turn.
 A build killed mid-way leaves torch's build lock behind, on which every later load would wait forever:
 `clear_stale_build_locks` removes such locks (ours and DeepSpeed's ops alike) before a load.
@@ -23,12 +24,15 @@ from pathlib import Path
 _OPENMP = () if sys.platform == "darwin" else ("-fopenmp",)
 
 
-def build_name(source: Path) -> str:
-    """The build's name: the source's stem and a hash of its path, its content and the headers beside it
-    (torch's own rebuild check sees the listed sources only, not what they include)."""
-    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))
+KERNELS_DIR = Path(__file__).resolve().parent
+
+
+def build_name(source: Path, include_dir: Path = KERNELS_DIR) -> str:
+    """The build's name: the op (the source's folder) and a hash of the source's path, its content and the
+    headers of `include_dir` (torch's own rebuild check sees the listed sources only, not what they include)."""
+    headers = b"".join(h.read_bytes() for h in sorted(include_dir.glob("*.h")))
     key = hashlib.sha1(str(source.resolve()).encode() + source.read_bytes() + headers).hexdigest()[:12]
-    return f"neurograph_{source.stem}_{key}"
+    return f"neurograph_{source.parent.name}_{source.stem}_{key}"
 
 
 STALE_LOCK_AGE_S = 10.0  # a lock younger than this may have just been taken: never judged stale
@@ -70,14 +74,14 @@ def clear_stale_build_locks() -> list[Path]:
 
 @functools.cache
 def load_cpu_extension(source_name: str):
-    """The compiled module of kernels/`source_name` (raises when it cannot be built)."""
+    """The compiled module of kernels/`source_name`, e.g. "dropout/cpu.cpp" (raises when it cannot be built)."""
     from torch.utils.cpp_extension import load
 
-    source = Path(__file__).with_name(source_name)
+    source = KERNELS_DIR / source_name
     clear_stale_build_locks()
     # Fresh lists each call: torch appends its own flags to extra_ldflags in place, and a shared list
     # would change the next build's flags (and so make torch rebuild whichever kernel loads next).
-    return load(name=build_name(source), sources=[str(source)],
+    return load(name=build_name(source), sources=[str(source)], extra_include_paths=[str(KERNELS_DIR)],
                 extra_cflags=["-O3", "-march=native", "-ffast-math", *_OPENMP], extra_ldflags=list(_OPENMP),
                 verbose=False)
 
@@ -86,7 +90,7 @@ def load_cpu_extension(source_name: str):
 def cpu_extension_available(source_name: str) -> bool:
     """True when kernels/`source_name` builds here; otherwise warns once (callers then take
     their PyTorch path). A copy without its C++ sources (a Hugging Face export) quietly says no."""
-    if not Path(__file__).with_name(source_name).exists():
+    if not (KERNELS_DIR / source_name).exists():
         return False
     try:
         load_cpu_extension(source_name)

@@ -1,7 +1,7 @@
 // Elementwise math for the C++ CPU kernels (selective scan, causal conv), written so the compiler
 // vectorises it inline in the kernels' channel loops: libm / libmvec calls (exp, log1p) are
 // opaque calls there, several times the cost of these polynomials. float has the fast forms,
-// double keeps libm (the fp64 paths are for tests, not speed). Included by kernels/*_cpu.cpp.
+// double keeps libm (the fp64 paths are for tests, not speed). Included by kernels/*/cpu.cpp.
 #pragma once
 #include <algorithm>
 #include <cmath>

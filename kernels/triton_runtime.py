@@ -16,7 +16,7 @@ except ImportError:  # the kernels modules define no kernels then; dispatch fall
 
 
 def check_triton_device(op: str, kernel, x: torch.Tensor) -> None:
-    """One clear error when `kernel` cannot run on x's device. Meta tensors pass: kernels/gpu_resources.py
+    """One clear error when `kernel` cannot run on x's device. Meta tensors pass: bench/gpu_resources.py
     launches the kernels on them to compile, never run, them."""
     if triton is None:
         raise RuntimeError(f"{op}: impl 'triton' needs the triton package (pip install triton)")

@@ -22,7 +22,7 @@ Integrator variants (INL; `INTEGRATOR_IMPLS` maps `integrator_impl` to one):
     fused      one kernel per layer (the redesigned Triton kernel's goal): tensor-core dots, weights and state on chip;
                forward reads z0, ctx, the mask and writes z_K; backward recomputes on chip, reads those and dz_K,
                writes dz0, dctx and the weight gradients
-    triton     kernels/integrator_triton.py since 2026-12-07 (unmeasured): the fused variant's tensor-core dots, plus
+    triton     kernels/integrator/triton.py since 2026-12-07 (unmeasured): the fused variant's tensor-core dots, plus
                the HBM traffic of its design: forward writes every iterate z_k, v_k and pre_k, backward reads them,
                writes dLoss/draw [K, N, 4D], and the host's weight-gradient matmuls read graw, relu(pre) and the
                iterates (the state between passes stays in L2); its dots at the matmul rate, an upper bound for
@@ -64,7 +64,7 @@ OPTIMIZER_BYTES = {"bf16": 30, "fp32": 28}
 # (dh, dWout: 8), dz and dv accumulated through the input matmuls (4) and z, v read for dWz, dWv (2).
 COMPILED_VALUES = (15, 29)
 COMPILED_KERNELS = (5, 9)  # kernels per iteration: forward 2 mm, add + relu, addmm, update; backward about twice
-# kernels/integrator_triton.py, forward + backward on an H200 in fp32 (BENCHMARKS.md, "Triton kernels",
+# kernels/integrator/triton.py, forward + backward on an H200 in fp32 (BENCHMARKS.md, "Triton kernels",
 # 2026-11-30): seconds, tokens N, D, r, K, the fp32 peak TFLOP/s it ran against.
 TRITON_V1_MEASURED = (30.54e-3, 8192, 1728, 64, 5, 67.0)
 

@@ -1,9 +1,10 @@
 """Pure nn.Module model families behind one registry (`build_model`).
 
 The families import the kernels they call as sibling modules (`from .selective_scan import ...`),
-the layout of an exported Hugging Face folder, where those kernel modules ship beside the family
-files unchanged (launch/export/hf.py). In the project they are neurograph.kernels' modules,
-registered under this package here, before any family is imported: one module object each.
+the layout of an exported Hugging Face folder, where each kernel folder ships flattened beside the
+family files (launch/export/hf.py). In the project they are neurograph.kernels' op packages
+(kernels/<op>/), registered under this package here, before any family is imported: one module
+object each.
 """
 import importlib
 import sys

@@ -18,7 +18,7 @@ integrator runs only for new tokens.
 
 Component names (used by `parameters_per_component` and the generic model summary):
 embed, blocks.N.{ln_attn, attn, ln_int, integrator, ln_ffn, ffn}, controller (shared), ln_f, head.
-The hot iteration math lives in kernels/integrator.py (`integrator_step`).
+The hot iteration math lives in kernels/integrator/ (`integrator_step`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .generation import generate
-from .integrator import (INIT_RAW_BIAS, controller_activations, integrator_adaptive,  # kernels/integrator.py
+from .integrator import (INIT_RAW_BIAS, controller_activations, integrator_adaptive,  # kernels/integrator/
                          integrator_iterations, integrator_step, use_fused_iterations)
 from .layers import (MLP, CausalSelfAttention, Dropout, KVCache, Padding, RotaryEmbedding, TokenPositions,
                      check_shapes, init_gpt_weights)
@@ -162,7 +162,7 @@ class IntegratorController(nn.Module):
         return raw
 
     def weights(self, layer: int = 0) -> tuple[torch.Tensor, ...]:
-        """(Wz, Wv [r, D], Wout [4D, r], b_out [4D], scale, shift [4]) for kernels/integrator.py's fused iterations."""
+        """(Wz, Wv [r, D], Wout [4D, r], b_out [4D], scale, shift [4]) for kernels/integrator/'s fused iterations."""
         d, w = self.d_model, self.fc_in.weight
         scale = self.layer_scale[layer] if self.layer_scale is not None else w.new_ones(4)
         shift = self.layer_bias[layer] if self.layer_bias is not None else w.new_zeros(4)

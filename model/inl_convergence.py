@@ -9,7 +9,7 @@ fixed point of the update with iteration k's coefficients, v* = 0 and
 z*_k = mu + (1 - alpha_k) v_target,k / beta_k:  E_k = ||z_k - z*_k||^2 + ||v_k||^2 (zero once
 converged; ||z - mu|| is not: the equilibrium is shifted by the target velocity);
 update U_k = ||z_k - z_{k-1}||. With constant coefficients the iteration converges exactly when
-p = dt * gate * beta < 2 (1 + alpha) (kernels/integrator.py, `is_stable`).
+p = dt * gate * beta < 2 (1 + alpha) (kernels/integrator/linear_dynamics.py, `is_stable`).
 Works for INLModel and for HF models whose FFNs were replaced by `replace_ffn_with_inl`.
 """
 from __future__ import annotations

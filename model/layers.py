@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dropout import dropout  # kernels/dropout.py
+from .dropout import dropout  # kernels/dropout/
 
 
 def check_shapes(d_model: int, n_head: int, rope: bool = False, group_size: int = 0) -> None:
@@ -25,7 +25,7 @@ def check_shapes(d_model: int, n_head: int, rope: bool = False, group_size: int 
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout through kernels/dropout.py (on CPU a counter-based mask: nothing stored for backward)."""
+    """nn.Dropout through kernels/dropout/ (on CPU a counter-based mask: nothing stored for backward)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p, self.training)

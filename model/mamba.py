@@ -8,7 +8,7 @@ break neuron symmetry (both off by default, then the block is the plain Mamba-1 
 - `n_neurons` + `adapter_rank` r > 0: per-neuron low-rank adapter on in_proj,
   in_proj(x) + (x U_n) V_n with U [N, D, r] (random) and V [N, r, 2 d_inner] (zero at init).
 
-The scan itself lives in kernels/selective_scan.py; this module calls its dispatch only.
+The scan itself lives in kernels/selective_scan/; this module calls its dispatch only.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .causal_conv1d import causal_conv1d_silu  # kernels/causal_conv1d.py
-from .selective_scan import (cpp_scan_backward, cpp_scan_forward, resolve_scan_impl,  # kernels/selective_scan.py
+from .causal_conv1d import causal_conv1d_silu  # kernels/causal_conv1d/
+from .selective_scan import (cpp_scan_backward, cpp_scan_forward, resolve_scan_impl,  # kernels/selective_scan/
                              selective_scan)
 
 
@@ -58,7 +58,7 @@ class MambaBlock(nn.Module):
         self.conv_impl = "reference" if scan_impl == "sequential" else "auto"  # the reference scan: all PyTorch
 
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
-        # Depthwise causal conv + SiLU (kernels/causal_conv1d.py), kernel stored as [(N,) d_inner, K].
+        # Depthwise causal conv + SiLU (kernels/causal_conv1d/), kernel stored as [(N,) d_inner, K].
         conv_shape = (n_neurons, d_inner, d_conv) if per_neuron_conv else (d_inner, d_conv)
         bound = 1.0 / math.sqrt(d_conv)  # nn.Conv1d's default init for a depthwise kernel
         self.conv_weight = nn.Parameter(torch.empty(conv_shape).uniform_(-bound, bound))

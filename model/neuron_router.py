@@ -16,7 +16,7 @@ tensor axis everywhere; there is no Python loop over neurons.
   result is broadcast back to its members. Per-neuron cost stays flat in N. With one group
   it is dense attention.
 `build_router(kind, ...)` is the one constructor; "none" returns None (no branch). The attention
-itself (dense, top-k) goes through kernels/neuron_attention.py's dispatch (`impl`: auto, reference,
+itself (dense, top-k) goes through kernels/neuron_attention/'s dispatch (`impl`: auto, reference,
 triton).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .neuron_attention import neuron_attention, topk_neuron_attention  # kernels/neuron_attention.py
+from .neuron_attention import neuron_attention, topk_neuron_attention  # kernels/neuron_attention/
 
 ROUTINGS = ("dense", "none", "static", "topk", "hierarchical")
 
@@ -144,7 +144,7 @@ class HierarchicalRouter(nn.Module):
 
 def build_router(kind: str, d_model: int, n_head: int, n_neurons: int, dropout: float = 0.0,
                  topk: int = 8, sketch_dim: int = 32, group_size: int = 32, impl: str = "auto") -> Optional[nn.Module]:
-    """`impl`: the attention kernels of the attention routers (kernels/neuron_attention.py)."""
+    """`impl`: the attention kernels of the attention routers (kernels/neuron_attention/)."""
     if kind == "dense":
         return DenseRouter(d_model, n_head, dropout, impl)
     if kind == "none":

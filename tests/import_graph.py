@@ -6,7 +6,7 @@ Nodes are files, named as they are imported: `kernels/dispatch.py` is `neurograp
 `model/__init__.py` is `neurograph.model` (pyproject.toml maps `neurograph.<folder>` to each root
 folder). An edge A -> B means that A's file imports B somewhere: at module level, in a class, or inside
 a function (a lazy import is still a dependency). Relative imports are resolved against the importing
-file's package (a family file's `from .selective_scan import` is kernels/selective_scan.py: see
+file's package (a family file's `from .selective_scan import` is kernels/selective_scan/__init__.py: see
 `kernel_aliases`); `from X import y` is an edge to the module `X.y` when y is a submodule, else to `X`.
 An import of `neurograph.<...>` that names no file or folder of the project is reported by
 `unresolved()`: it would fail when it runs.

@@ -17,7 +17,7 @@ INN, per layer, on the neuron states after the layer (h [B, N, T, D]):
   when uniform). What the graph is depends on the routing: ROUTING_SHOWN.
 INL, per layer: the iterations each token uses under adaptive stopping (the run's min_iterations
 and stop_threshold), and the controller's (alpha, p = dt gate beta) over every (token, channel,
-iteration) run, against the analytic stability region p < 2 (1 + alpha) (kernels/integrator.py).
+iteration) run, against the analytic stability region p < 2 (1 + alpha) (kernels/integrator/linear_dynamics.py).
 """
 from __future__ import annotations
 

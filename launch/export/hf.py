@@ -1,9 +1,10 @@
 """`neurograph export hf`: a trained run as a self-contained Hugging Face folder.
 
 The folder holds config.json (with `auto_map`), the wrappers model/configuration_neurograph.py and
-model/modeling_neurograph.py with the family and kernel modules they import, copied byte for byte
+model/modeling_neurograph.py with the family and kernel modules they import, all flat in one folder
 (they import torch and each other as siblings, the layout transformers' dynamic-module loader
-expects), safetensors weights (sharded with an index above `max_shard_size`),
+expects: the kernel folders kernels/<op>/ are flattened, `shipped_name`, and only the relative
+imports are renamed to match), safetensors weights (sharded with an index above `max_shard_size`),
 generation_config.json and the tokenizer. It loads with
 `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)` where only torch,
 transformers and safetensors are installed.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import shutil
 import sys
 import zipfile
@@ -27,48 +29,77 @@ TEMPLATES = ("configuration_neurograph.py", "modeling_neurograph.py")
 ALLOWED_PACKAGES = frozenset({"torch", "transformers", "safetensors", "numpy"}) | frozenset(sys.stdlib_module_names)
 
 
-def _sibling_imports(path: Path) -> list[str]:
-    """Modules `path` imports as `from .name import ...` (anywhere in the file, as transformers'
-    dynamic-module loader finds them); any other project import cannot be shipped."""
-    names = []
+def shipped_name(path: Path) -> str:
+    """The flat module name a project file ships as: model/x.py and kernels/x.py as `x`, an op's
+    kernels/<op>/__init__.py (its dispatch) as `<op>`, the op's other modules kernels/<op>/m.py as `<op>_m`."""
+    rel = path.relative_to(REPO)
+    if rel.parts[0] == "kernels" and len(rel.parts) == 3:
+        return rel.parts[1] if path.stem == "__init__" else f"{rel.parts[1]}_{path.stem}"
+    return path.stem
+
+
+def _relative_imports(path: Path) -> list[tuple[ast.ImportFrom, Path]]:
+    """Each `from .x import` / `from ..x import` of `path` (anywhere in the file, as transformers'
+    dynamic-module loader finds them) with the file it names: in its own folder or a folder above,
+    for a family file the kernel op model/__init__.py registers as its sibling. Any other project
+    import cannot be shipped."""
+    from neurograph.model import KERNEL_MODULES
+
+    found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level:
-            if node.level > 1 or not node.module or "." in node.module:
-                raise ConfigError(f"{path.relative_to(REPO)}: `from {'.' * node.level}{node.module or ''} import` "
-                                  "cannot be shipped (use `from .module import name` of a sibling file)")
-            names.append(node.module)
+            where = f"{path.relative_to(REPO)}: `from {'.' * node.level}{node.module or ''} import`"
+            if not node.module or "." in node.module:
+                raise ConfigError(f"{where} cannot be shipped (import names from a module: `from .module import name`)")
+            base = path.parents[node.level - 1]
+            if path.parent == MODEL_DIR and node.level == 1 and node.module in KERNEL_MODULES:
+                base = KERNELS_DIR
+            target = next((f for f in (base / f"{node.module}.py", base / node.module / "__init__.py")
+                           if f.is_file() and (f.is_relative_to(MODEL_DIR) or f.is_relative_to(KERNELS_DIR))), None)
+            if target is None:
+                raise ConfigError(f"{where} names no module of model/ or kernels/, so it cannot be shipped")
+            found.append((node, target))
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
             if any(m.split(".")[0] == "neurograph" for m in modules):
                 raise ConfigError(f"{path.relative_to(REPO)}: `neurograph` imports cannot be shipped")
-    return names
+    return found
 
 
-def _sibling_file(name: str, importer: Path) -> Path:
-    """The file behind `from .name import` in `importer`: its own folder's, or for a family file
-    one of the kernel modules model/__init__.py registers as siblings."""
-    from neurograph.model import KERNEL_MODULES
+_FROM_RELATIVE = re.compile(r"from\s+\.+[\w.]*\s+import\b")
 
-    if importer.parent == MODEL_DIR and name in KERNEL_MODULES:
-        return KERNELS_DIR / f"{name}.py"
-    return importer.parent / f"{name}.py"
+
+def _flattened(path: Path, imports: list[tuple[ast.ImportFrom, Path]]) -> bytes:
+    """`path`'s source with each relative import renamed to the flat name of the file it names;
+    every other byte as it is."""
+    lines = path.read_bytes().decode().splitlines(keepends=True)
+    for node, target in imports:
+        line = lines[node.lineno - 1]
+        match = _FROM_RELATIVE.match(line, node.col_offset)
+        if match is None:
+            raise ConfigError(f"{path.relative_to(REPO)}:{node.lineno}: write `from .x import` on one line to ship it")
+        lines[node.lineno - 1] = f"{line[:match.start()]}from .{shipped_name(target)} import{line[match.end():]}"
+    return "".join(lines).encode()
 
 
 def write_model_sources(out: Path) -> list[str]:
-    """Copy the wrapper templates and every module they import (transitively: family files and
-    the kernel modules they call) byte for byte into `out`, flat; returns the file names written."""
+    """Write the wrapper templates and every module they import (transitively: family files and the
+    kernel modules they call) into `out`, flat, as `shipped_name` names them: the files as they are,
+    but for their relative imports, renamed to the flat names. Returns the file names written."""
     pending = [MODEL_DIR / t for t in TEMPLATES]
     written: dict[str, Path] = {}
     while pending:
         path = pending.pop()
-        if path.name in written:
-            if written[path.name] != path:
-                raise ConfigError(f"{path.relative_to(REPO)} and {written[path.name].relative_to(REPO)} would both "
-                                  f"be shipped as {path.name}")
+        name = f"{shipped_name(path)}.py"
+        if name in written:
+            if written[name] != path:
+                raise ConfigError(f"{path.relative_to(REPO)} and {written[name].relative_to(REPO)} would both "
+                                  f"be shipped as {name}")
             continue
-        written[path.name] = path
-        shutil.copyfile(path, out / path.name)
-        pending += [_sibling_file(name, path) for name in _sibling_imports(path)]
+        written[name] = path
+        imports = _relative_imports(path)
+        (out / name).write_bytes(_flattened(path, imports))
+        pending += [target for _, target in imports]
     _check_self_contained(out, sorted(written))
     return sorted(written)
 

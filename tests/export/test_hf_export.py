@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -305,14 +306,28 @@ def test_folder_layout(exported, runs, tmp_path):
     assert merged.keys() == load_file(str(folder / "model.safetensors")).keys()
 
 
-def test_model_code_is_shipped_byte_for_byte(exported):
-    """Every Python file of an export is the project's own file, unchanged: the families and the
-    wrappers from model/, the kernel modules they call from kernels/."""
-    shipped = sorted(p for p in exported["inl"].iterdir() if p.suffix == ".py")
-    assert {"modeling_neurograph.py", "inl.py", "integrator.py", "registry.py"} <= {p.name for p in shipped}
-    for path in shipped:
-        source = next(f for f in (REPO / "model" / path.name, REPO / "kernels" / path.name) if f.is_file())
-        assert path.read_bytes() == source.read_bytes(), path.name
+def test_model_code_is_shipped_as_written_with_flat_imports(exported):
+    """Every Python file of an export is a project file, flat: the families and the wrappers from model/,
+    the shared kernel modules from kernels/, and each op folder kernels/<op>/ as <op>.py (its dispatch,
+    __init__.py) and <op>_<module>.py. Only the relative imports differ, each renamed to a shipped file."""
+    shipped = {p.name: p for p in exported["inl"].iterdir() if p.suffix == ".py"}
+    assert {"modeling_neurograph.py", "inl.py", "integrator.py", "integrator_reference.py", "registry.py",
+            "cpu_extension.py"} <= shipped.keys()
+    sources = {p.name: p for p in [*(REPO / "model").glob("*.py"), *(REPO / "kernels").glob("*.py")]}
+    for p in (REPO / "kernels").glob("*/*.py"):  # an op folder's files
+        sources[(p.parent.name if p.stem == "__init__" else f"{p.parent.name}_{p.stem}") + ".py"] = p
+    renamed = 0
+    for name, path in shipped.items():
+        ours, theirs = sources[name].read_text().splitlines(), path.read_text().splitlines()
+        assert len(ours) == len(theirs), name
+        for a, b in zip(ours, theirs):
+            if a != b:  # `from ..x import n` / `from .m import n` in the op folder -> `from .<shipped> import n`
+                assert a.lstrip().startswith("from .") and b.lstrip().startswith("from ."), (name, a, b)
+                module = b.split()[1].removeprefix(".")
+                assert f"{module}.py" in shipped, (name, b)
+                assert b.replace(f".{module} ", "", 1) == re.sub(r"\.+[\w.]* ", "", a, count=1), (name, a, b)
+                renamed += 1
+    assert renamed > 10  # the op folders' own imports were renamed
 
 
 def test_bad_input(runs, tmp_path, capsys):

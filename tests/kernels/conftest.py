@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-TRITON_MODULES = ("neurograph.kernels.selective_scan_triton", "neurograph.kernels.integrator_triton", "neurograph.kernels.neuron_attention_triton")
+TRITON_MODULES = ("neurograph.kernels.selective_scan.triton", "neurograph.kernels.integrator.triton",
+                  "neurograph.kernels.neuron_attention.triton")
 ON_GPU = torch.cuda.is_available()
 
 
@@ -92,8 +93,9 @@ def poisoned(monkeypatch):
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4, name: str = "") -> None:
-    """Relative agreement: every element within rtol of the reference's largest magnitude (at least
-    1e-3, so a reference that is zero up to rounding, like a softmax over one neuron, compares too)."""
+    """Relative agreement: every element within rtol of the reference's largest magnitude, taken as at least
+    1e-2: where the exact value is zero, like q's gradient through a softmax over one neuron, both sides are
+    fp32 rounding of O(1) terms (~1e-7 here, measured), which must compare too."""
     assert actual.shape == expected.shape, name
     scale = expected.abs().max().item() if expected.numel() else 0.0
-    torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol, atol=rtol * max(scale, 1e-3), msg=name or None)
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol, atol=rtol * max(scale, 1e-2), msg=name or None)

@@ -1,5 +1,5 @@
 """The C++ CPU kernels beside their PyTorch references: the Mamba block's causal conv + SiLU
-(kernels/causal_conv1d.py), the counter-based dropout (kernels/dropout.py) and its use in the CPU
+(kernels/causal_conv1d/), the counter-based dropout (kernels/dropout/) and its use in the CPU
 neuron attention, and all three C++ kernels (with the scan) on several threads."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tests.conftest import REPO
 @pytest.fixture(autouse=True)
 def _compiled():
     """Build the kernels at the first test that needs them (not at collection), or skip without a compiler."""
-    if not (cpu_extension_available("causal_conv1d_cpu.cpp") and cpu_extension_available("dropout_cpu.cpp")):
+    if not (cpu_extension_available("causal_conv1d/cpu.cpp") and cpu_extension_available("dropout/cpu.cpp")):
         pytest.skip("no C++ compiler: the PyTorch paths are the only ones")
 
 
@@ -163,7 +163,7 @@ def test_kernels_run_on_torch_threads_with_the_one_thread_result():
     from neurograph.kernels.cpu_extension import load_cpu_extension
     from neurograph.kernels.selective_scan import selective_scan
 
-    for source in ("causal_conv1d_cpu.cpp", "dropout_cpu.cpp", "selective_scan_cpu.cpp"):
+    for source in ("causal_conv1d/cpu.cpp", "dropout/cpu.cpp", "selective_scan/cpu.cpp"):
         with open(load_cpu_extension(source).__file__, "rb") as f:
             assert b"GOMP_parallel" in f.read() or sys.platform == "darwin", f"{source} was built without OpenMP"
     g = torch.Generator().manual_seed(0)
@@ -191,12 +191,12 @@ def test_a_kernel_builds_the_same_whichever_kernels_loaded_before_it():
 
     from neurograph.kernels.cpu_extension import load_cpu_extension
 
-    so = load_cpu_extension("dropout_cpu.cpp").__file__
+    so = load_cpu_extension("dropout/cpu.cpp").__file__
     script = ("from neurograph.kernels.cpu_extension import load_cpu_extension as load; "
-              "[load(s) for s in ('causal_conv1d_cpu.cpp', 'selective_scan_cpu.cpp', 'dropout_cpu.cpp')]")
+              "[load(s) for s in ('causal_conv1d/cpu.cpp', 'selective_scan/cpu.cpp', 'dropout/cpu.cpp')]")
     before = os.stat(so).st_mtime_ns
     subprocess.run([sys.executable, "-c", script], check=True, timeout=600, cwd=REPO)
-    assert os.stat(so).st_mtime_ns == before, "dropout_cpu.cpp was rebuilt after other kernels loaded first"
+    assert os.stat(so).st_mtime_ns == before, "dropout/cpu.cpp was rebuilt after other kernels loaded first"
 
 
 def test_a_kernel_is_rebuilt_when_a_shared_header_changes(tmp_path):
@@ -207,10 +207,10 @@ def test_a_kernel_is_rebuilt_when_a_shared_header_changes(tmp_path):
     source, header = tmp_path / "k_cpu.cpp", tmp_path / "cpu_math.h"
     source.write_text('#include "cpu_math.h"\n')
     header.write_text("inline float f(float x) { return x; }\n")
-    first = build_name(source)
-    assert build_name(source) == first
+    first = build_name(source, tmp_path)
+    assert build_name(source, tmp_path) == first
     header.write_text("inline float f(float x) { return 2 * x; }\n")
-    assert build_name(source) != first
+    assert build_name(source, tmp_path) != first
 
 
 def test_stale_build_locks_are_removed_and_held_ones_kept(tmp_path, monkeypatch):

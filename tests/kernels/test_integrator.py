@@ -1,4 +1,4 @@
-"""kernels/integrator.py: the iteration step against the card's formula, ranges, v = 0 path."""
+"""kernels/integrator/: the iteration step against the card's formula, ranges, v = 0 path."""
 from __future__ import annotations
 
 import math

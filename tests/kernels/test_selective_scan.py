@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from neurograph.kernels import selective_scan as ss
+from neurograph.kernels.selective_scan import chunked
 
 
 def _inputs(b, d, s, t, dtype=torch.float64, seed=0):
@@ -66,13 +67,13 @@ def test_auto_chunk_size_matches_reference():
 def test_chunked_channel_tiles_cover_every_channel_once_cache_sized_on_cpu_wide_on_cuda():
     """The benchmark scan's shape (B 256, d 512, S 16, 8 chunks of 64): CPU tiles keep a step's
     state at most _STEP_ELEMENTS; CUDA tiles keep a tile's chunk tensors within _CUDA_TILE_ELEMENTS."""
-    for device, per_channel, budget in (("cpu", 256 * 8 * 16, ss._STEP_ELEMENTS),
-                                        ("cuda", 64 * 256 * 8 * 16, ss._CUDA_TILE_ELEMENTS)):
-        tiles = ss._channel_tiles(256, 8, 510, 16, 64, torch.device(device))
+    for device, per_channel, budget in (("cpu", 256 * 8 * 16, chunked._STEP_ELEMENTS),
+                                        ("cuda", 64 * 256 * 8 * 16, chunked._CUDA_TILE_ELEMENTS)):
+        tiles = chunked._channel_tiles(256, 8, 510, 16, 64, torch.device(device))
         assert [lo for lo, _ in tiles] == [0] + [hi for _, hi in tiles[:-1]] and tiles[-1][1] == 510
         widths = [hi - lo for lo, hi in tiles]
         assert max(widths) * per_channel <= budget < (max(widths) + 1) * per_channel
-    assert len(ss._channel_tiles(256, 8, 512, 16, 64, torch.device("cuda"))) == 4
+    assert len(chunked._channel_tiles(256, 8, 512, 16, 64, torch.device("cuda"))) == 4
     x = _inputs(2, 6, 3, 70)
     y_ref, last_ref = _run(ss.selective_scan_ref, x)
     y, last = _run(ss.selective_scan, x)  # impl auto, chunk size auto
@@ -86,7 +87,7 @@ def test_chunked_tiles_channels_like_one_tile(monkeypatch):
     x = _inputs(2, 9, 3, 21)
     y0, l0 = _run(ss.selective_scan_chunked, x, chunk_size=5)
     g0 = _grads(y0, l0, x)
-    monkeypatch.setattr(ss, "_STEP_ELEMENTS", 1)
+    monkeypatch.setattr(chunked, "_STEP_ELEMENTS", 1)
     y1, l1 = _run(ss.selective_scan_chunked, x, chunk_size=5)
     torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
     for a, b in zip(_grads(y1, l1, x), g0):

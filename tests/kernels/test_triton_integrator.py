@@ -1,4 +1,4 @@
-"""The fused integrator iterations (kernels/integrator_triton.py) against the PyTorch reference:
+"""The fused integrator iterations (kernels/integrator/triton.py) against the PyTorch reference:
 z_K and the gradient of every input, and adaptive stopping's masks and iteration counts, with
 outputs NaN-poisoned before each launch; fp32 (the dots at fp32 accuracy) and bf16 (the dots'
 operands in bf16, against the fp32 reference at a bf16 tolerance)."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neurograph.kernels import integrator_triton
+from neurograph.kernels.integrator import triton as integrator_triton
 from neurograph.kernels.integrator import integrator_adaptive, integrator_iterations, integrator_iterations_reference
 from tests.kernels.conftest import INTERPRETED, assert_close
 

@@ -1,4 +1,4 @@
-"""The Triton neuron-graph attention (kernels/neuron_attention_triton.py), dense and top-k,
+"""The Triton neuron-graph attention (kernels/neuron_attention/triton.py), dense and top-k,
 against the PyTorch references: outputs and the gradients of q, k, v, on strided views like the
 routers pass, with outputs NaN-poisoned before each launch; with attention dropout, against PyTorch
 attention that applies the kernels' own Philox mask."""
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from neurograph.kernels.neuron_attention import neuron_attention, topk_neuron_attention
-from neurograph.kernels.neuron_attention_triton import TritonNeuronAttention, TritonTopKAttention, attention_dropout_scale, draw_seed
+from neurograph.kernels.neuron_attention.triton import TritonNeuronAttention, TritonTopKAttention, attention_dropout_scale, draw_seed
 from tests.kernels.conftest import assert_close
 
 

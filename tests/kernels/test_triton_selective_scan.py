@@ -1,4 +1,4 @@
-"""The Triton selective scan (kernels/selective_scan_triton.py) against the sequential reference:
+"""The Triton selective scan (kernels/selective_scan/triton.py) against the sequential reference:
 outputs, final state and every gradient, on sizes that are neither powers of two nor multiples of
 the kernel's blocks or chunks, with outputs NaN-poisoned before each launch."""
 from __future__ import annotations

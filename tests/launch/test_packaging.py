@@ -51,7 +51,7 @@ def test_namespace_leaves_hugging_face_kernels_alone(tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     found = json.loads(out.stdout)
-    assert Path(found["scan"]).resolve() == (REPO / "kernels" / "selective_scan.py").resolve()
+    assert Path(found["scan"]).resolve() == (REPO / "kernels" / "selective_scan" / "__init__.py").resolve()
     assert_hugging_face_kernels(found)
 
     # in the checkout, `python -c` puts it first on sys.path: its kernels/ (no __init__.py) must not win
@@ -138,7 +138,7 @@ def check_wheel_contents(wheel: Path, src: Path) -> None:
     assert not missing, f"checkout files missing from the wheel (pyproject.toml's packages, package-data): {missing}"
     assert "neurograph/configs/demo.yaml" in names
     assert any(re.fullmatch(r"neurograph/data_pipeline/corpora/[^/]+\.xz", n) for n in names)
-    assert any(re.fullmatch(r"neurograph/kernels/[^/]+\.cpp", n) for n in names)
+    assert any(re.fullmatch(r"neurograph/kernels/[^/]+/cpu\.cpp", n) for n in names)
     assert {"neurograph/model/modeling_neurograph.py", "neurograph/model/configuration_neurograph.py"} <= names
 
 

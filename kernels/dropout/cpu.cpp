@@ -1,4 +1,4 @@
-// Dropout with a counter-based mask on CPU, JIT-built by kernels/dropout.py.
+// Dropout with a counter-based mask on CPU, JIT-built by kernels/dropout/cpu.py.
 // Element i of a call with seed s is kept when hash(s, i) >= p * 2^32, so the mask is a pure
 // function of (seed, index): nothing is stored for backward (the same call on the gradient applies
 // the same mask), any thread can produce any element, and the loop vectorises (32-bit integer

@@ -1,6 +1,6 @@
 """The K integrator iterations of one INL layer in one Triton kernel, controller MLP included.
 
-Per iteration k (the reference is `integrator_iterations_reference` in kernels/integrator.py):
+Per iteration k (the reference is `integrator_iterations_reference` in reference.py):
 
     pre_k = ctx + z_k Wz^T + v_k Wv^T                   [N, r]   (v_0 = 0)
     raw_k = (relu(pre_k) Wout^T + b_out) * scale + shift  [N, 4, D]
@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import torch
 
-from .triton_runtime import check_triton_device, next_power_of_2, triton
+from ..triton_runtime import check_triton_device, next_power_of_2, triton
 
 BLOCK_N = 16  # tokens per program (the dots' M)
 TILE_D = {False: 32, True: 16}  # the D tile of the forward and of the backward (32 spilled there in fp32)

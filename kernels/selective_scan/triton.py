@@ -1,6 +1,6 @@
 """Selective scan in Triton: the whole Mamba-1 scan (delta bias and softplus, the recurrence, skip
-term D, silu(z) gate) as one forward and one backward kernel. The reference and the dispatch are
-kernels/selective_scan.py (impl "triton"); this module holds only the kernels and their
+term D, silu(z) gate) as one forward and one backward kernel. The references and the dispatch are
+reference.py and __init__.py beside it (impl "triton"); this module holds only the kernels and their
 autograd.Function.
 
 One program owns one sequence b and a block of BLOCK_D channels, and walks T in chunks of L steps
@@ -40,7 +40,7 @@ from typing import Optional
 
 import torch
 
-from .triton_runtime import check_triton_device, next_power_of_2, triton
+from ..triton_runtime import check_triton_device, next_power_of_2, triton
 
 if triton is not None:
     import triton.language as tl
@@ -275,7 +275,7 @@ class TritonSelectiveScan(torch.autograd.Function):
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           return_last_state=False, chunk_size: Optional[int] = None):
     """The fused Triton scan in mamba-ssm's layout and calling convention, for inputs that
-    kernels/selective_scan.py's dispatch (`selective_scan(..., impl="triton")`) has checked."""
+    the dispatch (`selective_scan(..., impl="triton")`) has checked."""
     # the kernels index the small per-channel parameters densely
     A, D, delta_bias = (t.contiguous() if t is not None else None for t in (A, D, delta_bias))
     y, last = TritonSelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)

@@ -1,5 +1,5 @@
 // Fused causal depthwise conv1d + bias + SiLU on CPU (forward and backward), JIT-built by
-// kernels/causal_conv1d.py. The Mamba block's conv: the CUDA counterpart is the causal-conv1d
+// kernels/causal_conv1d/cpu.py. The Mamba block's conv: the CUDA counterpart is the causal-conv1d
 // package's `causal_conv1d_fn(x, w, b, activation="silu")`.
 //
 // x [M, T, d] with channel stride 1 (any sequence and time strides): M independent sequences.

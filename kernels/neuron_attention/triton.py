@@ -1,7 +1,7 @@
 """Neuron-graph attention in Triton: M = B x T independent attentions over N neurons, dense
 (all N keys of a problem fit one tile, N <= 256) or top-k (each neuron's k keys and values read
 through their indices, never gathered into [M, N, k, H, hd] copies). The reference and the
-dispatch are kernels/neuron_attention.py.
+dispatch are reference.py and __init__.py beside it.
 
 Layouts: q, k, v [M, N, H, hd] with any strides in M, N, H (the head dim contiguous); indices
 [M, N, k]; outputs o [M, N, H, hd] contiguous and the log-sum-exp of every softmax row
@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .triton_runtime import check_triton_device, next_power_of_2, triton
+from ..triton_runtime import check_triton_device, next_power_of_2, triton
 
 BLOCK_Q = 16
 MAX_DENSE_NEURONS = 256  # the dense kernel holds all N keys of a problem in one tile

@@ -1,4 +1,4 @@
-"""Causal depthwise conv1d + SiLU, the Mamba block's convolution: reference, CPU fast path, dispatch.
+"""Causal depthwise conv1d + SiLU, the Mamba block's convolution: the one dispatch.
 
     out[..., t, c] = silu(bias[c] + sum_k weight[c, k] x[..., t - K + 1 + k, c])   (x = 0 before t = 0)
 
@@ -7,9 +7,9 @@ shared by every sequence, or [G, d, K] and [G, d] with one kernel per index of x
 INN's per-neuron kernels, x [B, N, T, d]).
 
 Implementations (`causal_conv1d_silu(..., impl=...)`):
-- "reference": K shifted multiply-adds in PyTorch, differentiable through autograd.
-- "cpp": kernels/causal_conv1d_cpu.cpp, one pass forward and two backward (the pre-activation is
-  recomputed, not stored); float32/float64 CPU tensors.
+- "reference": reference.py, K shifted multiply-adds in PyTorch, differentiable through autograd.
+- "cpp": cpu.py with cpu.cpp, one pass forward and two backward (the pre-activation is recomputed,
+  not stored); float32/float64 CPU tensors.
 - "auto": "cpp" where it applies and builds, else "reference".
 """
 from __future__ import annotations
@@ -17,41 +17,13 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from .cpu_extension import cpu_extension_available, load_cpu_extension
+from ..cpu_extension import cpu_extension_available
+from .cpu import SOURCE, CppCausalConv1dSiLU
+from .reference import causal_conv1d_silu_ref
 
-_SOURCE = "causal_conv1d_cpu.cpp"
 IMPLEMENTATIONS = ("auto", "reference", "cpp")
-
-
-def causal_conv1d_silu_ref(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    t, K = x.shape[-2], weight.shape[-1]
-    w = weight.transpose(-1, -2)  # [(G,) K, d]
-    if w.dim() == 3:
-        w = w[:, None]  # [G, 1, K, d] against x [..., G, T, d]
-    padded = F.pad(x, (0, 0, K - 1, 0))
-    pre = padded[..., K - 1:, :] * w[..., K - 1, :]
-    for k in range(K - 1):  # in-place multiply-adds: one pass over [..., T, d] per tap
-        pre.addcmul_(padded[..., k:k + t, :], w[..., k, :])
-    if bias is not None:
-        pre += bias[:, None] if bias.dim() == 2 else bias
-    return F.silu(pre)
-
-
-class CppCausalConv1dSiLU(torch.autograd.Function):
-    """x [M, T, d] (channel stride 1), weight [G, K, d] contiguous, bias [G, d] or None -> [M, T, d]."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight, bias)
-        return load_cpu_extension(_SOURCE).forward(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, gout):
-        x, weight, bias = ctx.saved_tensors
-        gx, gw, gb = load_cpu_extension(_SOURCE).backward(x, weight, bias, gout.contiguous())
-        return gx, gw, gb if bias is not None else None
+__all__ = ["IMPLEMENTATIONS", "causal_conv1d_silu", "causal_conv1d_silu_ref"]
 
 
 def _cpp_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -65,7 +37,7 @@ def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown causal conv1d impl {impl!r}; choose from {IMPLEMENTATIONS}")
     if impl == "auto":
-        impl = "cpp" if _cpp_applies(x, weight) and cpu_extension_available(_SOURCE) else "reference"
+        impl = "cpp" if _cpp_applies(x, weight) and cpu_extension_available(SOURCE) else "reference"
     if impl == "reference":
         return causal_conv1d_silu_ref(x, weight, bias)
     if not _cpp_applies(x, weight):

@@ -1,4 +1,4 @@
-// Fused CPU selective scan (forward and backward), JIT-built by kernels/selective_scan.py.
+// Fused CPU selective scan (forward and backward), JIT-built by kernels/selective_scan/cpu.py.
 //
 // Layout (time-major, channels contiguous): u, delta, z [Bz, T, d] with any batch and time
 // strides; A [d, S]; B, C [Bz, T, S] contiguous; D, delta_bias [d].
