@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/import_graph.py    # package arrows (with file-level edge counts), cycles
 
-Nodes are files, named as they are imported: `kernels/dispatch.py` is `neurograph.kernels.dispatch`,
+Nodes are files, named as they are imported: `kernels/installed.py` is `neurograph.kernels.installed`,
 `model/__init__.py` is `neurograph.model` (pyproject.toml maps `neurograph.<folder>` to each root
 folder). An edge A -> B means that A's file imports B somewhere: at module level, in a class, or inside
 a function (a lazy import is still a dependency). Relative imports are resolved against the importing

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dispatch import triton_available
+from ..installed import triton_available
 from .reference import neuron_attention_reference, topk_attention_reference
 
 ATTENTION_IMPLS = ("auto", "reference", "triton")

@@ -30,7 +30,7 @@ from typing import Optional
 
 import torch
 
-from ..dispatch import triton_available
+from ..installed import triton_available
 from .checks import check_scan_inputs
 from .chunked import auto_chunk_size, selective_scan_chunked
 from .cpu import cpp_scan_available, cpp_scan_backward, cpp_scan_forward, selective_scan_cpp
