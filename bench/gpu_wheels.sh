@@ -41,6 +41,13 @@ pins=$(for p in $PACKAGES; do pin "$p"; done)
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
     --dest "$OUT" $(grep -v '^deepspeed' <<<"$pins")
 DS_BUILD_OPS=0 "$PY" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$OUT" $(grep '^deepspeed' <<<"$pins")
-.venv/uv/bin/uv build --quiet --wheel --out-dir "$OUT" .
+# NeuroGraph's own wheel from a copy of the checkout's files (tracked, and new ones not ignored): setuptools builds
+# in the source folder, and a build/ left there by an earlier layout would put stale modules into the wheel
+src=$(mktemp -d)
+git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
+  if [[ -e $f ]]; then cp --parents -- "$f" "$src"; fi  # skips a tracked file deleted in the working tree
+done
+.venv/uv/bin/uv build --quiet --wheel --out-dir "$OUT" "$src"
+rm -rf "$src"
 ls -1 "$OUT"
 du -sh "$OUT"

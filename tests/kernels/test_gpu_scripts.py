@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -94,3 +96,50 @@ def test_training_runs_without_ray_or_mlflow_when_tracking_is_off(tmp_path, char
                           env={**os.environ, "PYTHONPATH": str(blocked)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+
+
+def _lock_lines(*names: str) -> list[str]:
+    """requirements/cpu.txt's lines (with their markers) pinning these packages."""
+    lines = (REPO / "requirements" / "cpu.txt").read_text().splitlines()
+    return [line for line in lines if line.split("==")[0] in names]
+
+
+@pytest.mark.slow  # ~1 min: the wheels (downloaded from the package index, DeepSpeed's built), a venv, two runs
+def test_gpu_wheels_are_all_a_stock_python_needs(tmp_path, char_data):
+    """A bare GPU machine rehearsed on CPU: a Python with torch, triton and numpy only (a stock CUDA image's, their
+    CPU builds here) gets bench/gpu_wheels.sh's set through gpu_check.sh's own section 0 (offline, no dependency
+    resolved), then trains from outside the checkout with tracking off, and collects section 1's tests."""
+    from tests.launch.test_packaging import clean_env, torch_sources, uv
+    from tests.trainer.runs import read_metrics, train_command
+
+    sources = torch_sources()
+    wheels, stock = tmp_path / "wheels", tmp_path / "stock"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    built = subprocess.run(["bash", "bench/gpu_wheels.sh", str(wheels)], cwd=REPO, capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "PYVER": version})
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert not any(w.name.startswith(("ray-", "mlflow")) for w in wheels.iterdir())
+    (tmp_path / "image.txt").write_text("\n".join(_lock_lines("torch", "triton", "numpy")) + "\n")
+    subprocess.run([uv(), "venv", "--seed", str(stock), "--python", sys.executable], check=True, capture_output=True,
+                   timeout=120)
+    python = str(stock / "bin" / "python")
+    image = subprocess.run([uv(), "pip", "install", "--python", python, *sources, "-r", str(tmp_path / "image.txt")],
+                           capture_output=True, text=True, timeout=900)
+    assert image.returncode == 0, image.stderr[-3000:]
+
+    section0 = _run("bash", "bench/gpu_check.sh", str(tmp_path / "out"), SECTIONS="0", PY=python, WHEELS=str(wheels))
+    device = (tmp_path / "out" / "device.txt").read_text()
+    assert section0.returncode == 0 and "no CUDA device" in device and "install failed" not in device, device
+
+    home = tmp_path / "elsewhere"  # outside the checkout: the installed wheel provides neurograph
+    home.mkdir()
+    env = {**clean_env(), "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions")}  # no C++ build: dropout 0
+    cmd = train_command(tmp_path, char_data, "run", "trainer.num_processes=2", "trainer.max_steps=2")
+    done = subprocess.run([python, *cmd[1:]], cwd=home, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+
+    collect = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
+                              *re.findall(r"tests/kernels/\S+\.py", (REPO / "bench" / "gpu_check.sh").read_text())],
+                             cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert collect.returncode == 0 and re.search(r"\d+ tests collected", collect.stdout), collect.stdout[-3000:]
