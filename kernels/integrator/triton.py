@@ -81,6 +81,13 @@ if triton is not None:
         return out
 
     @triton.jit
+    def _tile(d0, cols0, rows, mn, D):
+        """The D tile starting at d0: its columns, their mask, and the [BLOCK_N, BLOCK_D] mask and offsets in [N, D]."""
+        cols = d0 + cols0
+        mc = cols < D
+        return cols, mc, mn[:, None] & mc[None, :], rows[:, None] * D + cols[None, :]
+
+    @triton.jit
     def _controller_out(hid, wout_ptr, bout_ptr, rr, cols, mr, mc, D, R, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                         DOT: tl.constexpr):
         """One D tile of the rank-r output projection lin_j = hid Wout_j^T + b_j, j = 0..3, each [BLOCK_N, BLOCK_D]:
@@ -96,6 +103,18 @@ if triton is not None:
         l3 = _mma(hid, tl.load(wo + 3 * D * R, mask=wm, other=0.0),
                   zero + tl.load(bout_ptr + 3 * D + cols, mask=mc, other=0.0)[None, :], DOT)
         return l0, l1, l2, l3
+
+    @triton.jit
+    def _coefficients(hid, wout_ptr, bout_ptr, rr, cols, mr, mc, D, R, s0, s1, s2, s3, h0, h1, h2, h3,
+                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT: tl.constexpr):
+        """One D tile's coefficients from the controller: raw_j = lin_j * scale_j + shift_j, then alpha, beta, gate,
+        v_target [BLOCK_N, BLOCK_D] in their ranges, and raw_beta (backward's softplus slope is sigmoid(raw_beta)).
+        In this order: computing beta before alpha and gate made the D 1728 backward spill on sm_90."""
+        l0, l1, l2, l3 = _controller_out(hid, wout_ptr, bout_ptr, rr, cols, mr, mc, D, R, BLOCK_N, BLOCK_D, DOT)
+        alpha, gate = tl.sigmoid(l0 * s0 + h0), tl.sigmoid(l2 * s2 + h2)
+        raw1 = l1 * s1 + h1
+        beta = tl.maximum(raw1, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(raw1)))  # softplus
+        return alpha, beta, gate, l3 * s3 + h3, raw1
 
     @triton.jit
     def _integrator_fwd_kernel(zs_ptr, vs_ptr, ctx_ptr, pre_ptr, wz_ptr, wv_ptr, wout_ptr, bout_ptr,
@@ -139,15 +158,9 @@ if triton is not None:
                     tl.debug_barrier()  # the update overwrites the z, v that the projection read
                 new_update_sq = tl.zeros([BLOCK_N], tl.float32)
                 for d0 in range(0, D, BLOCK_D):  # the output projection tile by tile, the update in its epilogue
-                    cols = d0 + cols0
-                    mc = cols < D
-                    m = mn[:, None] & mc[None, :]
-                    off = rows[:, None] * D + cols[None, :]
-                    l0, l1, l2, l3 = _controller_out(hid, wout_ptr, bout_ptr, rr, cols, mr, mc, D, R, BLOCK_N, BLOCK_D, DOT)
-                    alpha, gate = tl.sigmoid(l0 * s0 + h0), tl.sigmoid(l2 * s2 + h2)
-                    raw1 = l1 * s1 + h1
-                    beta = tl.maximum(raw1, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(raw1)))  # softplus
-                    v_target = l3 * s3 + h3
+                    cols, mc, m, off = _tile(d0, cols0, rows, mn, D)
+                    alpha, beta, gate, v_target, _ = _coefficients(hid, wout_ptr, bout_ptr, rr, cols, mr, mc, D, R, s0, s1,
+                                                                   s2, s3, h0, h1, h2, h3, BLOCK_N, BLOCK_D, DOT)
                     z, v = tl.load(cur + off, mask=m, other=0.0), tl.load(vcur + off, mask=m, other=0.0)
                     mu = tl.load(mu_ptr + cols, mask=mc, other=0.0)
                     v_new = alpha * v + (1.0 - alpha) * v_target - beta * (z - mu[None, :])
@@ -186,15 +199,9 @@ if triton is not None:
             hid = tl.maximum(pre, 0.0)
             ghid = tl.zeros([BLOCK_N, BLOCK_R], tl.float32)
             for d0 in range(0, D, BLOCK_D):  # the step's gradients, tile by tile, on the recomputed output projection
-                cols = d0 + cols0
-                mc = cols < D
-                m = mn[:, None] & mc[None, :]
-                off = rows[:, None] * D + cols[None, :]
-                l0, l1, l2, l3 = _controller_out(hid, wout_ptr, bout_ptr, rr, cols, mr, mc, D, R, BLOCK_N, BLOCK_D, DOT)
-                alpha, gate = tl.sigmoid(l0 * s0 + h0), tl.sigmoid(l2 * s2 + h2)
-                raw1 = l1 * s1 + h1
-                beta = tl.maximum(raw1, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(raw1)))
-                v_target = l3 * s3 + h3
+                cols, mc, m, off = _tile(d0, cols0, rows, mn, D)
+                alpha, beta, gate, v_target, raw1 = _coefficients(hid, wout_ptr, bout_ptr, rr, cols, mr, mc, D, R, s0, s1,
+                                                                  s2, s3, h0, h1, h2, h3, BLOCK_N, BLOCK_D, DOT)
                 z = tl.load(cur + off, mask=m, other=0.0)
                 v = tl.load(vcur + off, mask=m, other=0.0)
                 mu = tl.load(mu_ptr + cols, mask=mc, other=0.0)
