@@ -104,7 +104,7 @@ def _lock_lines(*names: str) -> list[str]:
     return [line for line in lines if line.split("==")[0] in names]
 
 
-@pytest.mark.slow  # ~1 min: the wheels (downloaded from the package index, DeepSpeed's built), a venv, two runs
+@pytest.mark.slow  # ~30-60 s: the wheels (from the package index; DeepSpeed's built), a venv, one 2-rank run
 def test_gpu_wheels_are_all_a_stock_python_needs(tmp_path, char_data):
     """A bare GPU machine rehearsed on CPU: a Python with torch, triton and numpy only (a stock CUDA image's, their
     CPU builds here) gets bench/gpu_wheels.sh's set through gpu_check.sh's own section 0 (offline, no dependency
