@@ -4,7 +4,7 @@
 # runs/gpu_wheels. Sections, each under its own time limit, so a slow one cannot hide the others' results:
 #  0. the device and versions; the wheels installed offline into the image's Python (its torch kept)
 #  1. the test suite's CUDA paths: the Triton kernels against their references (mamba-ssm's where installed)
-#  2. bench/kernels.py's per-op rows: eager, Triton, mamba-ssm
+#  2. bench/kernels.py's per-op rows: eager, Triton, mamba-ssm, causal-conv1d
 #  3. bench/kernels.py's training-step rows, without and with the kernels, and where each step spends its time
 #  4. the 1.1B INL (configs/inl_1.1b.yaml) at the planner's micro-batch with the loop, compiled and Triton
 #     integrators: tokens/s, MFU, peak memory measured vs planned
@@ -22,7 +22,7 @@ SECTIONS=" ${SECTIONS:-0 1 2 3 4 5 6} "
 PLAN=(  # number|time limit (s)|file in OUT_DIR|what
   "0|45|device.txt|device, versions, offline install of the wheels"
   "1|90|tests.txt|the test suite's CUDA paths"
-  "2|80|kernels.txt|per-op rows: eager, Triton, mamba-ssm"
+  "2|80|kernels.txt|per-op rows: eager, Triton, mamba-ssm, causal-conv1d"
   "3|90|training.txt|training-step rows with the kernels' profile"
   "4|150|inl_1.1b.json|the 1.1B INL at the planner's micro-batch: loop, compiled, Triton integrators"
   "5|45|training.txt|scaled-down INL and INN through neurograph train"
@@ -43,9 +43,10 @@ s1() {
   "$PY" -m pytest -q -p no:cacheprovider --tb=short -rfEs tests/kernels/test_triton_selective_scan.py \
       tests/kernels/test_triton_integrator.py tests/kernels/test_triton_neuron_attention.py \
       tests/kernels/test_triton_models.py tests/kernels/test_selective_scan.py tests/kernels/test_compiled_integrator.py \
+      tests/kernels/test_triton_causal_conv1d.py \
       -k "triton or cuda or compiled"
 }
-s2() { "$PY" bench/kernels.py --repeats 5 --sections ops --impls eager,triton,mamba-ssm; }
+s2() { "$PY" bench/kernels.py --repeats 5 --sections ops --impls eager,triton,mamba-ssm,causal-conv1d; }
 s3() { "$PY" bench/kernels.py --repeats 2 --sections training --profile; }
 s4() { "$PY" bench/inl_gpu_mfu.py; }
 s5() {

@@ -42,6 +42,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
+from neurograph.kernels.causal_conv1d import triton as causal_conv1d_triton  # noqa: E402
 from neurograph.kernels.integrator import triton as integrator_triton  # noqa: E402
 from neurograph.kernels.neuron_attention import triton as neuron_attention_triton  # noqa: E402
 from neurograph.kernels.selective_scan import triton as selective_scan_triton  # noqa: E402
@@ -52,8 +53,8 @@ REPO = Path(__file__).resolve().parent.parent
 KIB = 1024
 TARGETS = {"sm_80": (80, 163 * KIB), "sm_90": (90, 227 * KIB)}  # per-block shared memory: A100, H100
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-KERNEL_MODULES = (integrator_triton, selective_scan_triton, neuron_attention_triton)
-TRITON_IMPLS = ("integrator_impl", "scan_impl", "router_impl")  # the model config fields forced to "triton"
+KERNEL_MODULES = (integrator_triton, selective_scan_triton, neuron_attention_triton, causal_conv1d_triton)
+TRITON_IMPLS = ("integrator_impl", "scan_impl", "router_impl", "conv_impl")  # model config fields forced to "triton"
 
 
 def short_name(kernel: JITFunction) -> str:

@@ -1,8 +1,8 @@
 """Kernel benchmarks (GPU), one table per run.
 
-1. Per op (selective scan, integrator iterations, dense and top-k neuron attention): forward +
-   backward time of the eager PyTorch reference, `torch.compile` of that reference, the Triton
-   kernel, and mamba-ssm's CUDA scan where it installs; each op's FLOP and byte counts and the
+1. Per op (selective scan, the Mamba conv, integrator iterations, dense and top-k neuron attention):
+   forward + backward time of the eager PyTorch reference, `torch.compile` of that reference, the Triton
+   kernel, and mamba-ssm's CUDA scan and causal-conv1d's conv where they install; each op's FLOP and byte counts and the
    achieved fraction of the device's peak memory bandwidth and fp32 FLOP/s. Goals: Triton >= 1.5x
    the compiled reference; >= 60% of peak bandwidth for the elementwise-bound ops (scan, integrator).
 2. One training step (forward, backward, AdamW) of the paper INN (configs/inn_text8.yaml, dropout
@@ -33,6 +33,7 @@ if "--smoke" in sys.argv:  # must precede any import of triton (see kernels/trit
 import torch  # noqa: E402
 
 
+from neurograph.kernels.causal_conv1d import causal_conv1d_silu_ref  # noqa: E402
 from neurograph.kernels.integrator import integrator_iterations_reference  # noqa: E402
 from neurograph.kernels.neuron_attention import neuron_attention_reference, topk_attention_reference  # noqa: E402
 from neurograph.kernels.selective_scan import selective_scan, selective_scan_flops, selective_scan_ref  # noqa: E402
@@ -72,6 +73,26 @@ def scan_op(device, small: bool) -> Op:
     # forward reads u, delta, z, B, C and writes y; backward reads those and dy, writes their gradients
     elements = 3 * b * d * t + 2 * b * s * t
     return Op("selective scan", inputs, impls, 3 * selective_scan_flops(b, t, d, s), 4 * (2 * elements + b * d * t + elements + b * d * t))
+
+
+def conv_op(device, small: bool) -> Op:
+    """The Mamba block's causal conv + SiLU at the paper INN's shape (16 x 32 neuron sequences of 256 steps,
+    d_inner 512), on the half of in_proj's output the block passes."""
+    m, t, d, k = (3, 20, 40, 4) if small else (16 * 32, 256, 512, 4)
+
+    def inputs():
+        xz = torch.randn(m, t, 2 * d, device=device)
+        return xz[..., :d].requires_grad_(), (0.5 * torch.randn(d, k, device=device)).requires_grad_(), \
+            torch.randn(d, device=device).requires_grad_()
+
+    from neurograph.kernels.causal_conv1d import causal_conv1d_silu
+
+    impls = {"eager": causal_conv1d_silu_ref, "compiled": torch.compile(causal_conv1d_silu_ref),
+             "triton": lambda *x: causal_conv1d_silu(*x, impl="triton")}
+    if device == "cuda":
+        impls["causal-conv1d"] = lambda *x: causal_conv1d_silu(*x, impl="cuda")
+    # forward reads x and writes the output; backward reads x and dout, writes dx (K taps and SiLU: ~3 k FLOPs each)
+    return Op("causal conv1d + SiLU", inputs, impls, 3 * k * 3 * m * t * d, 4 * 5 * m * t * d)
 
 
 def integrator_op(device, small: bool, width: int) -> Op:
@@ -119,6 +140,7 @@ def attention_op(device, small: bool, topk: Optional[int]) -> Op:
 
 OPS = {  # name -> Op at the benchmark's shape (device, smoke)
     "scan": scan_op,
+    "conv": conv_op,
     "integrator-128": lambda device, small: integrator_op(device, small, 128),
     "integrator-1728": lambda device, small: integrator_op(device, small, 1728),
     "dense-attention": lambda device, small: attention_op(device, small, None),
@@ -187,8 +209,8 @@ def training_cases(smoke: bool) -> list:
     tiny = dict(vocab_size=65, d_model=128, n_layer=4, n_head=4, num_iterations=5, max_seq_len=128, controller_rank=64)
     wide = dict(vocab_size=32000, d_model=1728, n_layer=2, n_head=32, num_iterations=5, feedforward_dim=6912,
                 max_seq_len=1024, controller_rank=64)
-    cases = [("INN paper (text8)", INNConfig(**inn), dict(scan_impl="chunked", router_impl="reference"),
-              dict(scan_impl="triton", router_impl="triton"), (16, 256)),
+    cases = [("INN paper (text8)", INNConfig(**inn), dict(scan_impl="chunked", router_impl="reference", conv_impl="reference"),
+              dict(scan_impl="triton", router_impl="triton", conv_impl="triton"), (16, 256)),
              ("INL tiny", INLConfig(**tiny), dict(integrator_impl="reference"), dict(integrator_impl="triton"), (16, 128)),
              ("INL 1.1B width, 2 layers", INLConfig(**wide), dict(integrator_impl="reference"),
               dict(integrator_impl="triton"), (4, 1024))]
@@ -240,10 +262,11 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=10, help="timed repeats per row (best is reported)")
     ap.add_argument("--profile", action="store_true", help="after the training rows, each step's costliest ops")
     ap.add_argument("--sections", default="ops,training", help="comma-separated: ops (per-op rows), training (step rows)")
-    ap.add_argument("--impls", default="eager,compiled,triton,mamba-ssm", help="comma-separated impls of the op rows")
+    ap.add_argument("--impls", default="eager,compiled,triton,mamba-ssm,causal-conv1d", help="comma-separated impls of the op rows")
     ap.add_argument("--ops", default=",".join(OPS), help="comma-separated ops of the op rows")
     args = ap.parse_args(argv)
-    choices = {"sections": ("ops", "training"), "impls": ("eager", "compiled", "triton", "mamba-ssm"), "ops": tuple(OPS)}
+    choices = {"sections": ("ops", "training"), "impls": ("eager", "compiled", "triton", "mamba-ssm", "causal-conv1d"),
+               "ops": tuple(OPS)}
     for arg, allowed in choices.items():
         if not set(getattr(args, arg).split(",")) <= set(allowed):
             ap.error(f"--{arg} {getattr(args, arg)!r}: comma-separated names from {','.join(allowed)}")

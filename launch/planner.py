@@ -85,6 +85,8 @@ def traced_activation_bytes(model_cfg, micro_batch: int, seq_len: int, precision
     traced = {}
     for n_layer in (1, 2):
         cfg = dataclasses.replace(parse_model_config(model_cfg), n_layer=n_layer)
+        if getattr(cfg, "checkpoint_layers", False):  # INN's own recomputation: the modes are derived below
+            cfg = dataclasses.replace(cfg, checkpoint_layers=False)
         if getattr(cfg, "scan_impl", "chunked") not in ("chunked", "sequential"):  # compiled kernels: no meta
             cfg = dataclasses.replace(cfg, scan_impl="chunked")  # saves what mamba-ssm's kernel saves
         with torch.device("meta"):

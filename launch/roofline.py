@@ -5,8 +5,9 @@ activation checkpointing) runs on the meta device under a dispatch mode that giv
 flop counter: matmuls, convolutions) and its bytes (every input read and every output written once, in HBM; views
 free). Kernels a GPU runs fused are replaced while tracing by stand-ins that count what the fused kernel does:
 attention (flash attention: q, k, v and the output cross HBM, no scores; causal halves the FLOPs), the selective scan
-(mamba-ssm's kernel), dropout (CUDA's one kernel; meta decomposes it) and, except for the eager loop, the integrator's
-K iterations (the variants below).
+(mamba-ssm's kernel), the Mamba block's causal conv + SiLU (causal-conv1d's or the Triton kernel; unless
+`conv_impl: reference`), dropout (CUDA's one kernel; meta decomposes it) and, except for the eager loop, the
+integrator's K iterations (the variants below).
 
     kernel        max(FLOPs / (peak x efficiency), bytes / (HBM bandwidth x HBM_FRACTION), KERNEL_MIN_S)
     step          grad_accum x micro-step + optimizer + communication: summed, no overlap (an upper bound)
@@ -172,6 +173,15 @@ def _scan(trace: _Trace, u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     return (y, u.new_empty(m, d, A.shape[-1], dtype=torch.float32)) if return_last_state else y
 
 
+def _conv(trace: _Trace, x, weight, bias=None, **_) -> torch.Tensor:
+    """The Mamba block's causal conv + SiLU as one kernel each way (causal-conv1d's, or the Triton one): forward
+    reads x and writes the output; backward reads x and dout, writes dx (the weight partials neglected)."""
+    flops = 2 * weight.shape[-1] * x.numel()
+    fwd = ("elementwise", "vector", flops, 2 * _nbytes(x) + _nbytes(weight), 1)
+    bwd = ("elementwise", "vector", weight.shape[-1] * flops, 3 * _nbytes(x) + 2 * _nbytes(weight), 1)
+    return _Fused.apply(trace, fwd, bwd, x, weight, bias)
+
+
 def _integrator(trace: _Trace, variant: str, z0, ctx, wz, wv, wout, bout, scale, shift, mu, dt, K, impl=None,
                 mask=None, waves=None) -> torch.Tensor:
     """K iterations of one layer as `variant` (compiled, fused, triton, triton-v1) runs them."""
@@ -195,7 +205,9 @@ def _integrator(trace: _Trace, variant: str, z0, ctx, wz, wv, wout, bout, scale,
 
 
 @contextlib.contextmanager
-def _stand_ins(trace: _Trace, integrator: Optional[str]):
+def _stand_ins(trace: _Trace, integrator: Optional[str], conv: bool):
+    """Fused kernels counted as their kernels run: attention, dropout, the scan, the conv where `conv` (not the
+    PyTorch reference) and the integrator unless `integrator` is the eager loop."""
     from neurograph.model import inl, mamba, neuron_router
 
     def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **_):
@@ -211,6 +223,8 @@ def _stand_ins(trace: _Trace, integrator: Optional[str]):
             neuron_router, "topk_neuron_attention",
             lambda q, k, v, idx, *_: _attention(trace, q, k, v, idx.shape[-1], False)))
         stack.enter_context(mock.patch.object(mamba, "selective_scan", lambda *a, **kw: _scan(trace, *a, **kw)))
+        if conv:
+            stack.enter_context(mock.patch.object(mamba, "causal_conv1d_silu", lambda *a, **kw: _conv(trace, *a, **kw)))
         if integrator not in (None, "loop"):
             stack.enter_context(mock.patch.object(
                 inl, "integrator_iterations", lambda *a, **kw: _integrator(trace, integrator, *a, **kw)))
@@ -234,7 +248,8 @@ def trace_micro_step(model_cfg, micro_batch: int, seq_len: int, precision: str, 
     checkpoint_blocks(model, checkpointing)
     ids = torch.zeros(micro_batch, seq_len + 1, dtype=torch.long, device="meta")
     trace = _Trace(model)
-    with _stand_ins(trace, integrator), trace.tracker, trace:
+    conv = getattr(model_cfg, "conv_impl", "reference") != "reference"
+    with _stand_ins(trace, integrator, conv), trace.tracker, trace:
         logits = model(ids[:, :-1])
         F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).backward()
     return trace.costs

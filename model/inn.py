@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from .layers import Dropout
-from .mamba import MambaBlock, MambaState
+from .mamba import ConvImpl, MambaBlock, MambaState, conv_impl_option
 from .neuron_router import build_router
 from .recurrent import RecurrentGeneration
 from .registry import ModelConfig, option, register_model
@@ -49,6 +49,7 @@ class INNConfig(ModelConfig):
     adapter_rank: int = option(0, ge=0, description="per-neuron low-rank adapter on the SSM in_proj (0: off)")
     scan_impl: Literal["auto", "sequential", "chunked", "cpp", "cuda", "triton"] = "auto"
     scan_chunk_size: int = option(0, ge=0, description="chunked scan chunk length (0: from the shapes)")
+    conv_impl: ConvImpl = conv_impl_option()
     router_impl: Literal["auto", "reference", "triton"] = option(
         "auto", description="neuron attention kernels of the dense/top-k/hierarchical routers: triton or reference (PyTorch; dense through "
         "scaled_dot_product_attention); auto: top-k in Triton on CUDA when installed, dense through SDPA")
@@ -76,7 +77,8 @@ class INNLayer(nn.Module):
         self.ln_mem = nn.LayerNorm(cfg.d_model)
         self.memory = MambaBlock(cfg.d_model, cfg.d_state, cfg.d_conv, cfg.expand, n_neurons=cfg.n_neurons,
                                  per_neuron_conv=cfg.per_neuron_conv, adapter_rank=cfg.adapter_rank,
-                                 scan_impl=cfg.scan_impl, chunk_size=cfg.scan_chunk_size)
+                                 scan_impl=cfg.scan_impl, chunk_size=cfg.scan_chunk_size,
+                                 conv_impl=cfg.conv_impl)
         self.router = build_router(cfg.routing, cfg.d_model, cfg.n_head, cfg.n_neurons, cfg.dropout,
                                    cfg.topk, cfg.topk_sketch_dim, cfg.group_size, cfg.router_impl)
         self.ln_route = nn.LayerNorm(cfg.d_model) if self.router is not None else None

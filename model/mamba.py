@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -22,8 +22,19 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .causal_conv1d import causal_conv1d_silu  # kernels/causal_conv1d/
+from .registry import option
 from .selective_scan import (cpp_scan_backward, cpp_scan_forward, resolve_scan_impl,  # kernels/selective_scan/
                              selective_scan)
+
+
+ConvImpl = Literal["auto", "reference", "cpp", "cuda", "triton"]  # kernels/causal_conv1d/'s impls
+
+
+def conv_impl_option():
+    """The `conv_impl` field of the configs of models built from MambaBlocks."""
+    return option("auto", description="the Mamba blocks' causal conv + SiLU: cpp (CPU), cuda (causal-conv1d), triton "
+                  "or reference (PyTorch); auto: cpp on CPU, causal-conv1d on CUDA where installed and one kernel "
+                  "serves all neurons, else triton")
 
 
 def no_weight_decay(param: nn.Parameter) -> nn.Parameter:
@@ -46,7 +57,7 @@ class MambaBlock(nn.Module):
                  dt_rank: Optional[int] = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
                  dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
                  n_neurons: int = 0, per_neuron_conv: bool = False, adapter_rank: int = 0,
-                 scan_impl: str = "auto", chunk_size: int = 0):
+                 scan_impl: str = "auto", chunk_size: int = 0, conv_impl: str = "auto"):
         super().__init__()
         if (per_neuron_conv or adapter_rank) and n_neurons <= 0:
             raise ValueError("per-neuron options need n_neurons > 0")
@@ -55,7 +66,8 @@ class MambaBlock(nn.Module):
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
         self.n_neurons = n_neurons
         self.scan_impl, self.chunk_size = scan_impl, chunk_size
-        self.conv_impl = "reference" if scan_impl == "sequential" else "auto"  # the reference scan: all PyTorch
+        # the reference scan runs all in PyTorch unless a conv is named
+        self.conv_impl = "reference" if scan_impl == "sequential" and conv_impl == "auto" else conv_impl
 
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
         # Depthwise causal conv + SiLU (kernels/causal_conv1d/), kernel stored as [(N,) d_inner, K].

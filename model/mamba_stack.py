@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .layers import Dropout
-from .mamba import MambaBlock, MambaState
+from .mamba import ConvImpl, MambaBlock, MambaState, conv_impl_option
 from .recurrent import RecurrentGeneration
 from .registry import ModelConfig, option, register_model
 
@@ -25,6 +25,7 @@ class MambaStackConfig(ModelConfig):
     dropout: float = option(0.0, ge=0.0, lt=1.0)
     scan_impl: Literal["auto", "sequential", "chunked", "cpp", "cuda", "triton"] = "auto"
     scan_chunk_size: int = option(0, ge=0, description="chunked scan chunk length (0: from the shapes)")
+    conv_impl: ConvImpl = conv_impl_option()
 
 
 @register_model("mamba_stack", MambaStackConfig)
@@ -36,7 +37,7 @@ class MambaStack(RecurrentGeneration, nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(cfg.d_model) for _ in range(cfg.n_layer))
         self.blocks = nn.ModuleList(
             MambaBlock(cfg.d_model, cfg.d_state, cfg.d_conv, cfg.expand, scan_impl=cfg.scan_impl,
-                       chunk_size=cfg.scan_chunk_size) for _ in range(cfg.n_layer))
+                       chunk_size=cfg.scan_chunk_size, conv_impl=cfg.conv_impl) for _ in range(cfg.n_layer))
         self.drop = Dropout(cfg.dropout)
         self.ln_f = nn.LayerNorm(cfg.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)

@@ -216,8 +216,9 @@ def save_hf_model(model, section: dict, out: Path, dtype: str = "fp32", roles: O
     from neurograph.model.recurrent import RecurrentGeneration
 
     section = dict(section)
-    if section.get("scan_impl") == "cpp":  # the C++ scan is not shipped; "auto" picks what is there
-        section["scan_impl"] = "auto"
+    for impl in ("scan_impl", "conv_impl"):  # the C++ kernels are not shipped; "auto" picks what is there
+        if section.get(impl) == "cpp":
+            section[impl] = "auto"
     trained = section["vocab_size"]
     grown = vocab_size is not None and vocab_size > trained
     section["vocab_size"] = vocab_size if grown else trained

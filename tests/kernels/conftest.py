@@ -14,7 +14,7 @@ import pytest
 import torch
 
 TRITON_MODULES = ("neurograph.kernels.selective_scan.triton", "neurograph.kernels.integrator.triton",
-                  "neurograph.kernels.neuron_attention.triton")
+                  "neurograph.kernels.neuron_attention.triton", "neurograph.kernels.causal_conv1d.triton")
 ON_GPU = torch.cuda.is_available()
 
 

@@ -75,7 +75,8 @@ def test_inn_triton_matches_reference(routing, triton_device):
     cfg = dict(vocab_size=50, d_model=16, n_neurons=5, n_layer=1, n_head=2, d_state=4, dropout=0.0, routing=routing,
                topk=3, topk_sketch_dim=0)
     torch.manual_seed(0)
+    cfg["per_neuron_conv"] = routing == "dense"  # the Triton conv with one kernel per neuron, and shared
     reference = INN(INNConfig(**cfg, scan_impl="sequential", router_impl="reference")).to(triton_device)
-    fast = INN(INNConfig(**cfg, scan_impl="triton", router_impl="triton")).to(triton_device)
+    fast = INN(INNConfig(**cfg, scan_impl="triton", router_impl="triton", conv_impl="triton")).to(triton_device)
     fast.load_state_dict(reference.state_dict())
     _same_training(reference, fast, triton_device, 50, shape=(1, 6))

@@ -16,7 +16,7 @@ from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem
 
 from neurograph.launch.cli import main
 from neurograph.launch.planner import GIB, activation_bytes_per_sequence, make_plan
-from neurograph.launch.roofline import INTEGRATOR_VARIANTS, predict
+from neurograph.launch.roofline import INTEGRATOR_VARIANTS, micro_step_costs, predict
 from neurograph.model import build_model, parse_model_config
 from neurograph.trainer.config import DeepSpeedConfig, TrainerConfig
 
@@ -126,6 +126,33 @@ def test_plan_cli_for_the_1_1b_config(capsys):
     out = capsys.readouterr().out
     assert "largest micro-batch that fits" in out and "predicted MFU" in out and "| integrator " in out
     assert main(["plan", "--config", str(REPO / "configs/missing.yaml")]) == 2
+
+
+def test_plan_of_the_paper_inn_which_recomputes_its_own_layers():
+    """configs/inn_text8.yaml sets INN's own `checkpoint_layers`: the activations are traced without it and the
+    recomputation is the `layers` row (the trace of a checkpointed layer never entered the block's forward)."""
+    model_cfg, trainer, seq, stage = _shipped("configs/inn_text8.yaml")
+    assert model_cfg.checkpoint_layers
+    plan = make_plan(model_cfg, trainer, stage, seq, 1, 1, "h100")
+    assert 0 < plan.activations_gib["layers"] < plan.activations_gib["none"]
+    assert 0 < plan.predicted_mfu < 1
+
+
+def test_roofline_counts_the_mamba_conv_as_one_kernel_each_way():
+    """INN with the conv as a kernel (causal-conv1d's or Triton's): per layer, forward reads x [B N T d_inner] and
+    writes its output, backward reads x and dout and writes dx, in bf16; the PyTorch reference's taps move more."""
+    cfg = {"vocab_size": V, **SMALL["inn"][0], "scan_impl": "auto"}
+    mb, seq, d_inner = 2, 64, 2 * cfg["d_model"]
+    trainer = TrainerConfig(precision="bf16", micro_batch_size=mb)
+    fused, eager = (predict(parse_model_config({**cfg, "conv_impl": impl}), trainer, seq, 0, 1, 1, "h100")
+                    for impl in ("triton", "reference"))
+    x, w = 2 * mb * cfg["n_neurons"] * seq * d_inner, 2 * d_inner * 4  # bytes of x and of the weight [d_inner, K]
+    conv = [(key, count) for key, count in micro_step_costs(parse_model_config({**cfg, "conv_impl": "triton"}), mb, seq,
+                                                            "bf16").items() if key[:2] == ("elementwise", "vector")]
+    # forward x in, out, w in; backward x, dout in, dx out, w in, dw out
+    assert sum(key[3] * count for key, count in conv) == pytest.approx(cfg["n_layer"] * (5 * x + 3 * w))
+    assert fused.components["elementwise"]["bytes"] < eager.components["elementwise"]["bytes"] - 5 * x
+    assert fused.predicted_mfu > eager.predicted_mfu
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs/scale").glob("*.yaml")), ids=lambda p: p.name)

@@ -47,6 +47,7 @@ TESTS = {
     "scan": ["tests/kernels/test_scan_fidelity.py", "tests/kernels/test_selective_scan.py"],
     "integrator": ["tests/kernels/test_integrator.py", "tests/model/test_inl.py"],
     "cpu_kernels": ["tests/kernels/test_cpu_kernels.py"],
+    "triton_conv": ["tests/kernels/test_triton_causal_conv1d.py"],
 }
 
 
@@ -139,6 +140,18 @@ MUTATIONS = [
              "_time_major", "x = x.as_strided(x.shape, (*x.stride()[:-1], 1))", "pass"),
     Mutation("conv (reference): bias dropped", "cpu_kernels", "drop a term", "kernels/causal_conv1d/reference.py",
              "causal_conv1d_silu_ref", "pre += bias[:, None] if bias.dim() == 2 else bias", "pass"),
+    Mutation("conv (triton): every sequence takes group 0's kernel", "triton_conv", "swap an index",
+             "kernels/causal_conv1d/triton.py", "_conv_fwd_kernel", "g = m % G", "g = m * 0"),
+    Mutation("conv (triton): input gradient through the mirrored tap", "triton_conv", "swap an index",
+             "kernels/causal_conv1d/triton.py", "_conv_bwd_kernel",
+             "dx += gpre * tl.load(w_g + (K - 1 - j) * D + c, mask=mc, other=0.0).to(tl.float32)[None, :]",
+             "dx += gpre * tl.load(w_g + j * D + c, mask=mc, other=0.0).to(tl.float32)[None, :]"),
+    Mutation("conv (triton): SiLU's derivative loses its second term", "triton_conv", "drop a term",
+             "kernels/causal_conv1d/triton.py", "_silu_grad",
+             "return dout.to(tl.float32) * sig * (1.0 + pre * (1.0 - sig))", "return dout.to(tl.float32) * sig"),
+    Mutation("conv (triton): bias gradient dropped", "triton_conv", "return zeros", "kernels/causal_conv1d/triton.py",
+             "_conv_bwd_kernel", "tl.store(partial + K * D, tl.sum(gpre, 0), mask=mc)",
+             "tl.store(partial + K * D, tl.sum(gpre, 0) * 0.0, mask=mc)"),
     Mutation("dropout: backward draws another mask", "cpu_kernels", "swap an index", "kernels/dropout/cpu.py",
              "CounterDropout.backward",
              "apply(grad.contiguous(), ctx.seed, ctx.p)", "apply(grad.contiguous(), ctx.seed + 1, ctx.p)"),

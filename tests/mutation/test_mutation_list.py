@@ -53,7 +53,7 @@ def root(tmp_path) -> Path:
 
 def test_every_mutation_applies_cleanly():
     assert {m.family for m in MUTATIONS} == set(TESTS) == {
-        "transformer", "inn", "inl", "hf_inl", "mamba_stack", "lstm", "scan", "integrator", "cpu_kernels"}
+        "transformer", "inn", "inl", "hf_inl", "mamba_stack", "lstm", "scan", "integrator", "cpu_kernels", "triton_conv"}
     assert {m.kind for m in MUTATIONS} >= {"return zeros", "drop a term", "swap an index", "skip the gate"}
     assert len({m.name for m in MUTATIONS}) == len(MUTATIONS)
     for m in MUTATIONS:
