@@ -128,6 +128,18 @@ def test_plan_cli_for_the_1_1b_config(capsys):
     assert main(["plan", "--config", str(REPO / "configs/missing.yaml")]) == 2
 
 
+SHIPPED = sorted(p.relative_to(REPO) for p in (REPO / "configs").glob("*.yaml"))
+HEAVY = {"configs/inn_large_n.yaml"}  # ~20 s to trace: its N 512 neuron step is the scale INN's, planned below
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if str(p) not in HEAVY], ids=str)
+def test_every_shipped_config_has_a_plan(path, capsys):
+    """`neurograph plan` runs on each config as shipped: the memory rows and a predicted MFU in (0, 1)."""
+    assert main(["plan", "--config", str(REPO / path), "--gpu", "h100", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["largest_micro_batch"]["none"] >= 0 and 0 < plan["predicted_mfu"] < 1
+
+
 def test_plan_of_the_paper_inn_which_recomputes_its_own_layers():
     """configs/inn_text8.yaml sets INN's own `checkpoint_layers`: the activations are traced without it and the
     recomputation is the `layers` row (the trace of a checkpointed layer never entered the block's forward)."""
