@@ -4,7 +4,8 @@ Signals. torchrun runs in its own session and starts each rank in a session of i
 Ctrl-C at the terminal reaches only this launcher, which decides what every process gets: the
 first SIGINT/SIGTERM is passed to the ranks (they finish their step, checkpoint and exit, see
 `trainer.preemption`); a second one, or `trainer.preemption_grace_s` (+ a margin) without an
-end, kills every process group it started. Whatever happens, no process of the run outlives it:
+end, kills every process group it started; once the ranks have stopped, further signals are ignored
+while the launcher exits with 128 + the first. Whatever happens, no process of the run outlives it:
 each rank leads a process group (its DataLoader workers included), killed at the end.
 """
 from __future__ import annotations
@@ -110,5 +111,5 @@ def launch_local(cfg: NeuroGraphConfig, config_file: Path, resume: Optional[str]
         return tree.wait()
     finally:
         tree.kill_all()  # nothing of the run outlives the launcher
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, handler in previous.items():  # after a stop the launcher is on its way out with 128 + that
+            signal.signal(sig, signal.SIG_IGN if tree.received else handler)  # signal: another changes nothing
