@@ -248,7 +248,7 @@ def trace_micro_step(model_cfg, micro_batch: int, seq_len: int, precision: str, 
     checkpoint_blocks(model, checkpointing)
     ids = torch.zeros(micro_batch, seq_len + 1, dtype=torch.long, device="meta")
     trace = _Trace(model)
-    conv = getattr(model_cfg, "conv_impl", "reference") != "reference"
+    conv = any(getattr(m, "conv_impl", "reference") != "reference" for m in model.modules())  # MambaBlocks'
     with _stand_ins(trace, integrator, conv), trace.tracker, trace:
         logits = model(ids[:, :-1])
         F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).backward()
