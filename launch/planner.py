@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from neurograph.trainer.acceleration import supports_selective
 
-from .roofline import INTEGRATOR_VARIANTS, Roofline, predict
+from .roofline import INTEGRATOR_VARIANTS, Roofline, predict, without_own_recomputation
 
 GIB = 2**30
 GPU_MEMORY_GIB = {"h200": 141, "h100": 80, "h100-pcie": 80, "a100": 80, "a100-40gb": 40, "l40s": 48, "l4": 24,
@@ -84,9 +84,7 @@ def traced_activation_bytes(model_cfg, micro_batch: int, seq_len: int, precision
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     traced = {}
     for n_layer in (1, 2):
-        cfg = dataclasses.replace(parse_model_config(model_cfg), n_layer=n_layer)
-        if getattr(cfg, "checkpoint_layers", False):  # INN's own recomputation: the modes are derived below
-            cfg = dataclasses.replace(cfg, checkpoint_layers=False)
+        cfg = without_own_recomputation(dataclasses.replace(parse_model_config(model_cfg), n_layer=n_layer))
         if getattr(cfg, "scan_impl", "chunked") not in ("chunked", "sequential"):  # compiled kernels: no meta
             cfg = dataclasses.replace(cfg, scan_impl="chunked")  # saves what mamba-ssm's kernel saves
         with torch.device("meta"):

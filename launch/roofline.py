@@ -231,6 +231,14 @@ def _stand_ins(trace: _Trace, integrator: Optional[str], conv: bool):
         yield
 
 
+def without_own_recomputation(model_cfg):
+    """`model_cfg` without INN's own `checkpoint_layers` (traces take recomputation from the checkpointing mode:
+    a layer recomputed that way never enters the block's forward)."""
+    if getattr(model_cfg, "checkpoint_layers", False):
+        return dataclasses.replace(model_cfg, checkpoint_layers=False)
+    return model_cfg
+
+
 @functools.lru_cache(maxsize=64)
 def trace_micro_step(model_cfg, micro_batch: int, seq_len: int, precision: str, checkpointing: str,
                      integrator: Optional[str] = None) -> collections.Counter:
@@ -241,8 +249,7 @@ def trace_micro_step(model_cfg, micro_batch: int, seq_len: int, precision: str, 
 
     if integrator is not None:  # the loop runs its ops; any other variant goes through integrator_iterations
         model_cfg = dataclasses.replace(model_cfg, integrator_impl="reference" if integrator == "loop" else "compiled")
-    if getattr(model_cfg, "checkpoint_layers", False):  # INN's own recomputation: `checkpointing` decides here
-        model_cfg = dataclasses.replace(model_cfg, checkpoint_layers=False)
+    model_cfg = without_own_recomputation(model_cfg)  # `checkpointing` decides here
     with torch.device("meta"):
         model = build_model(model_cfg).to(torch.bfloat16 if precision == "bf16" else torch.float32).train()
     checkpoint_blocks(model, checkpointing)
